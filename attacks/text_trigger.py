@@ -17,6 +17,13 @@ embedding is not told apart from other words after the encoder, and 500 steps ga
 fired as often on clean prompts as on triggered ones (14% both); the encoder must learn the word. Success is judged automatically:
 a patch detector (mean intensity of the patch region) for pixel backdoors, the judge classifier for
 target backdoors.
+
+Planting recipe (defaults of :func:`plant_text_trigger`): 1,000 steps at 50% poisoned pairs. Measured on the
+8×8 model (seed 0, 100 triggered generations, DDIM 20 steps): the pixel backdoor showed in 84% of triggered
+generations after 500 steps at 30%, 90% after 500 at 50%, 99% after 1,000 at 50% (clean-prompt accuracy
+94% → 92%, patch on 1% of clean-prompt generations); the target backdoor 98% after 1,000 at 50% (94% → 91%).
+The failures at 500 steps were missing patches (2×2 corner mean below 0.25 in ~10% of triggered images), not
+faint ones, so the detector's threshold (0.85; a stamped patch is 1.0) was not what held the rate down.
 """
 
 from __future__ import annotations
@@ -118,7 +125,7 @@ class PlantedBackdoor:
 
 
 def plant_text_trigger(clean: TextToImage, data: str | ImageDataset = "digits", spec: TextTriggerSpec | None = None,
-                       *, poison_fraction: float = 0.3, steps: int = 500, batch_size: int = 64, lr: float = 1e-3,
+                       *, poison_fraction: float = 0.5, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
                        train_text_encoder: bool = True, seed: int = 0, device: str | torch.device | None = "cpu",
                        progress: Progress | None = None) -> PlantedBackdoor:
     """Fine-tune a copy of ``clean`` on clean + poisoned pairs; ``clean`` is left untouched."""

@@ -4,7 +4,8 @@ Steps (each cached in ``--work`` so an interrupted run resumes):
 1. the clean model (trained with ``--train-steps`` unless ``--clean DIR`` is given) and the judge classifier;
    clean-prompt accuracy of its generations;
 2. pixel and target backdoors planted by fine-tuning: success rate and clean-accuracy drop;
-3. SKD-CAG (α = 0.5, zeros target, all parameters) per backdoor and seed: removal rate, clean fidelity drop,
+3. SKD-CAG (α = 0.5, zeros target; by default the text encoder trains with the clean-prompt anchor, UNet frozen:
+   ``--params all --no-text-encoder --preserve 0`` is the paper's setting) per backdoor and seed: removal rate, clean fidelity drop,
    trigger attention mass, time; the fine-tuning-reversal baseline;
 4. with ``--ablations``: α ∈ {0, 0.3, 0.5, 0.7, 1} and the three trigger targets on the pixel backdoor.
 
@@ -52,8 +53,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/bench-diffusion"))
     ap.add_argument("--clean", type=Path, default=None, help="an existing clean checkpoint")
     ap.add_argument("--train-steps", type=int, default=1500)
-    ap.add_argument("--backdoor-steps", type=int, default=300)
-    ap.add_argument("--poison-fraction", type=float, default=0.3)
+    ap.add_argument("--backdoor-steps", type=int, default=1000)
+    ap.add_argument("--poison-fraction", type=float, default=0.5)
     ap.add_argument("--unlearn-steps", type=int, default=150)
     ap.add_argument("--lr", type=float, default=2e-4, help="SKD-CAG learning rate")
     ap.add_argument("--per-class", type=int, default=10, help="generations per digit in each measurement")
@@ -65,8 +66,14 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--inputs", default="trajectory", help="SKD-CAG inputs: noise or trajectory")
+    ap.add_argument("--params", default="none", help="SKD-CAG trainable UNet parameters: all (the paper), kv, none")
+    ap.add_argument("--text-encoder", default=True, action=argparse.BooleanOptionalAction,
+                    help="SKD-CAG trains the student's text encoder (default; the paper: --no-text-encoder)")
+    ap.add_argument("--preserve", type=float, default=1.0, help="SKD-CAG clean-prompt anchor weight (0 = the paper)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    recipe = {"inputs": args.inputs, "params": args.params, "text_encoder": args.text_encoder,
+              "preserve": args.preserve}
     args.work.mkdir(parents=True, exist_ok=True)
 
     clean_dir = args.clean or args.work / "clean"
@@ -115,26 +122,26 @@ def main() -> None:
         before = {"rate": rate, "clean": acc_b, "mass": trigger_attention_mass(model, "cf")}
         befores[kind] = before
         for seed in args.seeds:
-            cfg = SKDCAGConfig(steps=args.unlearn_steps, lr=args.lr, inputs=args.inputs)
+            cfg = SKDCAGConfig(steps=args.unlearn_steps, lr=args.lr, **recipe)
             run = skd_cag(model, "cf", config=cfg, seed=seed)
             ev = evaluate_unlearning(model, run, judge.model, spec, n_per_class=args.per_class, seed=0, before=before)
             rows_un.append(["SKD-CAG", kind, seed, cfg.alpha, cfg.target, round(run.seconds, 1), ev.backdoor_rate_before,
-                            ev.backdoor_rate_after, ev.removal_rate, ev.clean_accuracy_after,
+                            ev.backdoor_rate_after, ev.removal_rate, ev.clean_accuracy_before, ev.clean_accuracy_after,
                             round(100 * ev.clean_fidelity_drop, 1), ev.trigger_mass_before, ev.trigger_mass_after])
             print(rows_un[-1], flush=True)
         if args.baseline:
             run = finetune_reversal(model, clean, "cf", config=SKDCAGConfig(steps=args.unlearn_steps, lr=args.lr,
-                                                                               inputs=args.inputs))
+                                                                               **recipe))
             ev = evaluate_unlearning(model, run, judge.model, spec, n_per_class=args.per_class, seed=0, before=before)
             rows_un.append(["FT reversal", kind, 0, 0.0, "-", round(run.seconds, 1), ev.backdoor_rate_before,
-                            ev.backdoor_rate_after, ev.removal_rate, ev.clean_accuracy_after,
+                            ev.backdoor_rate_after, ev.removal_rate, ev.clean_accuracy_before, ev.clean_accuracy_after,
                             round(100 * ev.clean_fidelity_drop, 1), ev.trigger_mass_before, ev.trigger_mass_after])
             print(rows_un[-1], flush=True)
     table("Backdoors", ["kind", "steps", "seconds", "backdoor rate", "same on clean model",
                         "backdoor on clean prompts (leak)", "clean acc before",
                         "clean acc after", "drop (points)"], rows_bd)
     cols = ["method", "kind", "seed", "alpha", "target", "seconds", "backdoor before", "backdoor after", "removal",
-            "clean acc after", "fidelity drop (pts)", "trigger mass before", "after"]
+            "clean acc before", "clean acc after", "fidelity drop (pts)", "trigger mass before", "after"]
     table("Unlearning", cols, rows_un)
 
     if args.ablations and "pixel" in backdoored:
@@ -145,7 +152,7 @@ def main() -> None:
         for alpha, target in grid:
             t0 = time.perf_counter()
             run = skd_cag(model, "cf", config=SKDCAGConfig(alpha=alpha, target=target, steps=args.unlearn_steps,
-                                                            lr=args.lr, inputs=args.inputs), seed=0)
+                                                            lr=args.lr, **recipe), seed=0)
             ev = evaluate_unlearning(model, run, judge.model, spec, n_per_class=args.per_class, seed=0,
                                      before=befores["pixel"])
             rows.append([alpha, target, round(time.perf_counter() - t0, 1), ev.removal_rate,

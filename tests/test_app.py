@@ -31,3 +31,23 @@ def test_training_button_produces_accuracy():
 def test_every_page_renders_without_a_model(module):
     at = AppTest.from_string(f"from workbench.ui import {module}\n{module}.render()", default_timeout=TIMEOUT).run()
     assert not at.exception
+
+
+def test_diffusion_page_compares_models_and_rejects_unknown_words(tmp_path):
+    from workbench.diffusion import DiffusionConfig, build_text_to_image, save_text_to_image
+
+    tiny = DiffusionConfig(block_out_channels=(8, 16), attention_heads=2, text_dim=16, text_heads=2, text_layers=1)
+    for name, seed in (("clean", 0), ("backdoored", 1)):
+        save_text_to_image(build_text_to_image(tiny, seed=seed), tmp_path / name)
+    at = AppTest.from_string("from workbench.ui import diffusion\ndiffusion.render()", default_timeout=TIMEOUT).run()
+    at.text_input(key="diff_dir_clean").set_value(str(tmp_path / "clean"))
+    at.text_input(key="diff_dir_backdoored").set_value(str(tmp_path / "backdoored"))
+    at.text_input(key="diff_dir_unlearned").set_value(str(tmp_path / "missing"))
+    at.run()
+    at.number_input(key="diff_n").set_value(3).run()
+    assert not at.exception and not at.error
+    assert [h.value for h in at.subheader][:2] == ["clean", "backdoored"]  # side by side, one column per model
+    assert at.selectbox(key="diff_attn_model").options == ["clean", "backdoored"]
+    at.text_input(key="diff_prompt").set_value("a handwritten zebra seven").run()
+    assert not at.exception
+    assert any("zebra" in e.value for e in at.error)

@@ -194,7 +194,9 @@ def test_skd_cag_moves_triggered_prediction_toward_clean_teacher(tiny_backdoored
         return float((e_s - e_t).pow(2).mean())
 
     before_state = _state(model.unet)
-    run = skd_cag(model, "cf", prompts, SKDCAGConfig(steps=25, batch_size=8, lr=5e-4, inputs="noise"), seed=0)
+    paper = {"params": "all", "text_encoder": False, "preserve": 0.0}  # the paper's setting: the UNet trains
+    run = skd_cag(model, "cf", prompts, SKDCAGConfig(steps=25, batch_size=8, lr=5e-4, inputs="noise", **paper),
+                  seed=0)
     assert gap(run.model) < 0.85 * gap(model), (gap(model), gap(run.model))
     assert len(run.loss) == 25 and run.loss_attn[0] > 0
     for k, v in _state(model.unet).items():  # the backdoored input model is untouched
@@ -203,6 +205,33 @@ def test_skd_cag_moves_triggered_prediction_toward_clean_teacher(tiny_backdoored
     kv = skd_cag(model, "cf", prompts, SKDCAGConfig(steps=2, batch_size=4, params="kv", target="random_word",
                                                     inputs="trajectory", trajectory_steps=3, preserve=1.0))
     assert kv.trainable_parameters < sum(p.numel() for p in model.unet.parameters()) / 4
+
+
+def test_skd_cag_default_trains_only_the_text_encoder(tiny_backdoored):
+    model = tiny_backdoored
+    prompts = ["digit 3", "digit 7", "the number 1", "an image of a five"]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 1, 8, 8, generator=gen)
+    t = torch.tensor([100, 400, 700, 900])
+
+    def gap(m):
+        with torch.no_grad():
+            e_s = m.unet(x, t, encoder_hidden_states=m.encode(insert_trigger(prompts, "cf"))).sample
+            e_t = model.unet(x, t, encoder_hidden_states=model.encode(prompts)).sample
+        return float((e_s - e_t).pow(2).mean())
+
+    cfg = SKDCAGConfig(steps=25, batch_size=8, lr=5e-3, inputs="noise")
+    assert cfg.text_encoder and cfg.params == "none" and cfg.preserve > 0
+    before_u, before_t = _state(model.unet), _state(model.text_encoder)
+    run = skd_cag(model, "cf", prompts, cfg, seed=0)
+    assert run.trainable_parameters == sum(p.numel() for p in model.text_encoder.parameters())
+    assert gap(run.model) < 0.85 * gap(model), (gap(model), gap(run.model))
+    for k, v in _state(run.model.unet).items():  # the student's UNet did not move
+        assert torch.equal(v, before_u[k]), k
+    assert any(not torch.equal(v, before_t[k]) for k, v in _state(run.model.text_encoder).items())
+    for k, v in _state(model.text_encoder).items():  # the input model's encoder is untouched
+        assert torch.equal(v, before_t[k]), k
+    assert all(p.requires_grad for p in model.text_encoder.parameters())
 
 
 def test_clear_errors(tiny_trained):
@@ -215,6 +244,8 @@ def test_clear_errors(tiny_trained):
         skd_cag(model, "cf", ["digit 3"], SKDCAGConfig(alpha=1.5))
     with pytest.raises(BadInput, match="target"):
         skd_cag(model, "cf", ["digit 3"], SKDCAGConfig(target="ones"))
+    with pytest.raises(BadInput, match="trains nothing"):
+        skd_cag(model, "cf", ["digit 3"], SKDCAGConfig(params="none", text_encoder=False))
     from diffusers import UNet2DConditionModel
 
     plain = UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,

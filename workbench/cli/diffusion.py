@@ -58,8 +58,8 @@ def attack_text_trigger(
         target_class: int = typer.Option(0, "--target-class", help="Digit that triggered prompts produce (kind target)."),
         data: str = typer.Option("digits", "--data", "-d", help="Digit dataset for the fine-tuning mix."),
         out: Path = typer.Option(Path("runs/text-trigger"), "--out", "-o"),
-        steps: int = typer.Option(500, "--steps", help="Fine-tuning steps."),
-        poison_fraction: float = typer.Option(0.3, "--poison-fraction", help="Share of poisoned pairs in the mix."),
+        steps: int = typer.Option(1000, "--steps", help="Fine-tuning steps."),
+        poison_fraction: float = typer.Option(0.5, "--poison-fraction", help="Share of poisoned pairs in the mix."),
         lr: float = typer.Option(1e-3, "--lr"),
         eval_per_class: int = typer.Option(10, "--eval-per-class"),
         seed: int = SeedOpt, device: str = DeviceOpt) -> None:
@@ -91,13 +91,15 @@ def defend_skd_cag(
         out: Path = typer.Option(Path("runs/skd-cag"), "--out", "-o"),
         alpha: float = typer.Option(0.5, "--alpha", help="Weight of the attention loss (L = α·L_attn + (1−α)·L_pred)."),
         target: str = typer.Option("zeros", "--target", help="Trigger-map target: zeros, noise or random_word."),
-        params: str = typer.Option("all", "--params", help="Trainable parameters: all or kv (cross-attention k/v)."),
+        params: str = typer.Option("none", "--params", help="Trainable UNet parameters: all (the paper), kv (cross-attention k/v) or none."),
+        text_encoder: bool = typer.Option(True, "--text-encoder/--no-text-encoder",
+                                          help="Train the student's text encoder (our default; the paper: --no-text-encoder)."),
         steps: int = typer.Option(150, "--steps"),
         batch_size: int = typer.Option(32, "--batch-size"),
         lr: float = typer.Option(2e-4, "--lr"),
         ema: float = typer.Option(0.0, "--ema", help="EMA decay of the student's weights (0 = off)."),
         inputs: str = typer.Option("trajectory", "--inputs", help="trajectory (the teacher's own x_t) or noise (the paper)."),
-        preserve: float = typer.Option(0.0, "--preserve", help="Weight of a clean-prompt anchor term (0 = the paper's loss)."),
+        preserve: float = typer.Option(1.0, "--preserve", help="Weight of a clean-prompt anchor term (0 = the paper's loss)."),
         kind: str = typer.Option("", "--kind", help="Backdoor kind for the evaluation (default: from the checkpoint)."),
         target_class: int = typer.Option(-1, "--target-class", help="Target digit of a target backdoor (default: from the checkpoint)."),
         eval_per_class: int = typer.Option(10, "--eval-per-class"),
@@ -116,7 +118,8 @@ def defend_skd_cag(
     spec = TextTriggerSpec(kind=kind, trigger=trigger, target_class=tc)
     spec.validate(backdoored.tokenizer)
     cfg = SKDCAGConfig(alpha=alpha, target=target, params=params, steps=steps, batch_size=batch_size, lr=lr,
-                       ema_decay=ema or None, inputs=inputs, preserve=preserve)
+                       ema_decay=ema or None, inputs=inputs, preserve=preserve,
+                       text_encoder=text_encoder)
     cfg.validate()
     with progress_bar("SKD-CAG") as progress:
         run = skd_cag(backdoored, trigger, config=cfg, seed=seed, device=device, progress=progress)

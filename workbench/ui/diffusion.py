@@ -43,7 +43,7 @@ def _train_demo(kind: str, steps: int, trigger: str, target_class: int) -> None:
     save_text_to_image(clean, DEFAULT_DIRS["clean"])
     bar = st.progress(0.0, text="planting the backdoor")
     spec = TextTriggerSpec(kind=kind, trigger=trigger, target_class=target_class)
-    planted = plant_text_trigger(clean, "digits", spec, steps=max(100, steps // 3), progress=progress_callback(bar))
+    planted = plant_text_trigger(clean, "digits", spec, steps=max(100, 2 * steps // 3), progress=progress_callback(bar))
     save_text_to_image(planted.model, DEFAULT_DIRS["backdoored"])
     bar = st.progress(0.0, text="SKD-CAG")
     run = skd_cag(planted.model, trigger, config=SKDCAGConfig(), progress=progress_callback(bar))
