@@ -30,7 +30,15 @@ training set, labels as given) returning a :class:`DetectionResult`:
   class in ``details``.
 
 Spectral signatures and activation clustering read features of a model trained on the suspected
-data through :func:`workbench.hooks.layer_outputs`; LGA trains its own model with
+data through :func:`workbench.hooks.layer_outputs` (default: the model's penultimate layer), or, with
+``layer="head-input"`` (:data:`HEAD_INPUT`), the *input* of the model's first fully connected layer:
+the representation the classifier head reads. For the zoo ResNet that is the penultimate layer (the
+globally pooled conv features, where Tran et al. and Chen et al. read theirs); for the zoo CNN it is
+the 3×3-pooled conv features feeding its two-layer head (576 dims), not the 128-dim ``relu5`` after
+``fc1``. Measured on MNIST-10k (default CNN, 5% poison, seeds 0-2): at ``relu5`` a BadNets poison
+sits in several clusters, one per source class, and spectral signatures reach AUROC 0.80-0.89
+(recall 45-59% at a 5% isolation ratio); at the head input AUROC is 1.000 and recall 99-100% for
+BadNets and Blended alike. LGA trains its own model with
 :func:`workbench.training.fit` and a ``loss_fn``. :func:`detection_quality` scores a flagged set
 against the true poisoned indices (precision, recall, AUROC).
 """
@@ -168,9 +176,55 @@ def lga_detect(data: ImageDataset, ratio: float = 0.05, *, gamma: float = 0.5, e
                            details={"final_flooded_loss": hist.loss[-1], "train_seconds": hist.seconds})
 
 
+HEAD_INPUT = "head-input"  # layer alias: the input of the model's first fully connected layer
+PENULTIMATE = "penultimate"  # layer alias: the model's declared penultimate layer (the default)
+
+
+def head_input_layer(model: nn.Module) -> str:
+    """The name of the model's first fully connected layer (``nn.Linear``, in registration order),
+    whose *input* :data:`HEAD_INPUT` reads: the representation the classifier head sees (for the zoo
+    CNN the pooled conv features feeding ``fc1``; for the zoo ResNet the penultimate layer)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            return name
+    raise BadInput(f"{type(model).__name__} has no fully connected (nn.Linear) layer, so there is no "
+                   f"classifier-head input; name a feature layer instead of {HEAD_INPUT!r}")
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """The input of the model's first ``nn.Linear`` for every image (N×D, on the CPU)."""
+    from workbench.hooks import capture_layers
+    from workbench.models import model_device
+
+    name = head_input_layer(model)
+    dev = model_device(model)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with capture_layers(model, name, keep_inputs=True, detach=True) as cap:
+            for i in range(0, len(images), batch_size):
+                model(images[i:i + batch_size].to(dev))
+                chunks.append(cap.inputs[name].float().cpu().flatten(1))
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks)
+
+
+def _layer_name(model: nn.Module, layer: str | None) -> str | None:
+    return getattr(model, "feature_layer", None) if layer in (None, PENULTIMATE) else layer
+
+
 def _features(model: nn.Module, data: ImageDataset, layer: str | None) -> torch.Tensor:
     require(isinstance(model, nn.Module), f"a detector needs a torch model, got {type(model).__name__}")
-    feats = layer_outputs(model, data.images, layer)
+    modules = dict(model.named_modules())
+    if layer == PENULTIMATE and PENULTIMATE not in modules:
+        layer = None
+    if layer == HEAD_INPUT and HEAD_INPUT not in modules:
+        feats = head_inputs(model, data.images)
+    else:
+        feats = layer_outputs(model, data.images, layer)
     require(feats.ndim == 2 and feats.shape[1] >= 2,
             f"layer {layer or 'default'} gives features of shape {tuple(feats.shape)}; need N×D with D >= 2")
     return feats.double()
@@ -199,7 +253,7 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
                                           "max_normalized_score": float((proj / med).max())}
     scores = scores.float()
     return DetectionResult("spectral", scores, flag_top(scores, ratio), ratio, time.perf_counter() - t0,
-                           params={"layer": layer or getattr(model, "feature_layer", None)},
+                           params={"layer": _layer_name(model, layer)},
                            details={"per_class": per_class})
 
 
@@ -240,7 +294,7 @@ def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: fl
                                           "suspected": rel <= size_threshold}
     scores_t = torch.as_tensor(scores, dtype=torch.float32)
     return DetectionResult("ac", scores_t, flag_top(scores_t, ratio), ratio, time.perf_counter() - t0,
-                           params={"layer": layer or getattr(model, "feature_layer", None),
+                           params={"layer": _layer_name(model, layer),
                                    "n_components": n_components, "size_threshold": size_threshold, "seed": seed},
                            details={"per_class": per_class,
                                     "suspected_classes": [k for k, v in per_class.items() if v["suspected"]]})
@@ -252,7 +306,8 @@ def detect(method: str, data: ImageDataset, model: nn.Module | None = None, rati
     """Run detector ``method`` (``lga``, ``spectral`` or ``ac``) on ``data``.
 
     ``spectral`` and ``ac`` need ``model``, a model trained on ``data`` (its features are read at
-    ``layer``, default the penultimate layer); ``lga`` trains its own ``arch`` model. With
+    ``layer``, default the penultimate layer; :data:`HEAD_INPUT` reads the input of its first
+    fully connected layer); ``lga`` trains its own ``arch`` model. With
     ``poisoned_indices`` (the ground truth, when known) the result carries precision, recall, AUROC.
     """
     method = str(method).lower()

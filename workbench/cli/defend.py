@@ -19,8 +19,11 @@ def nab(data: str = DataOpt,
         attack: str = typer.Option("badnets", "--attack", help="Attack to defend against: badnets or blended."),
         rate: float = typer.Option(0.05, "--rate", help="Poisoned share of the training set."),
         target: int = typer.Option(0, "--target", help="Backdoor target class."),
-        detector: str = typer.Option("lga", "--detector", help="Poison detector: lga, spectral or ac."),
+        detector: str = typer.Option("spectral", "--detector", help="Poison detector: lga, spectral or ac."),
         ratio: float = typer.Option(0.05, "--ratio", help="Isolation ratio, in (0, 0.5]."),
+        layer: str = typer.Option("head-input", "--layer", help="Feature layer of spectral / ac: head-input "
+                                  "(the input of the first fully connected layer), a layer name, or "
+                                  "penultimate."),
         pseudo: str = typer.Option("vd", "--pseudo", help="Pseudo labels: vd (clean-subset model) or nc "
                                    "(nearest class centre in SimCLR feature space)."),
         alpha: float = typer.Option(0.15, "--alpha", help="Blend strength of the blended attack."),
@@ -36,7 +39,8 @@ def nab(data: str = DataOpt,
     from ..models import save_model
 
     with progress_bar(f"NAB against {attack} on {data}") as progress:
-        res = run_nab(data, attack, rate, target, seed=seed, detector=detector, ratio=ratio, pseudo=pseudo,
+        res = run_nab(data, attack, rate, target, seed=seed, detector=detector, ratio=ratio,
+                      layer=layer, pseudo=pseudo,
                       epochs=epochs or None, arch=arch, device=device, alpha=alpha, baselines=baselines,
                       progress=progress)
     from ..models import ModelCard
@@ -79,7 +83,8 @@ def detect_cmd(data: str = DataOpt,
                                           "(needed by spectral and ac; lga trains its own)."),
                method: str = typer.Option("lga", "--method", help="lga, spectral or ac."),
                ratio: float = typer.Option(0.05, "--ratio", help="Isolation ratio, in (0, 0.5]."),
-               layer: str = typer.Option(None, "--layer", help="Feature layer (default: penultimate)."),
+               layer: str = typer.Option(None, "--layer", help="Feature layer (default: penultimate; "
+                                         "head-input: the input of the first fully connected layer)."),
                lga_epochs: int = typer.Option(2, "--lga-epochs", help="Flooded-loss epochs of LGA."),
                arch: str = typer.Option("cnn", "--arch", help="Zoo architecture LGA trains."),
                truth: Path = typer.Option(None, "--truth", help="Known poisoned indices (.npy or text) to score "

@@ -45,6 +45,16 @@ def _show_detection(det, class_names, images, labels, truth_mask=None) -> None:
     sample_grid(images[top], caps)
 
 
+def _layer_choice(key: str) -> str:
+    from defenses.detectors import HEAD_INPUT, PENULTIMATE
+
+    names = {HEAD_INPUT: "classifier-head input (first fully connected layer's input)",
+             PENULTIMATE: "penultimate layer"}
+    return st.radio("Features read by the detector", list(names), format_func=names.__getitem__, horizontal=True,
+                    key=key, help="On the zoo CNN the head input (pooled conv features) separates BadNets and "
+                    "Blended poison far better than the penultimate layer; on the zoo ResNet they coincide.")
+
+
 def _simulated() -> None:
     from attacks.backdoor import ATTACKS, run_backdoor_attack
     from defenses.detectors import METHOD_NAMES, METHODS, detect
@@ -56,9 +66,11 @@ def _simulated() -> None:
     attack = c2.selectbox("Attack", list(ATTACKS), key="def_attack")
     rate = c3.number_input("Poison rate", 0.01, 0.3, 0.05, 0.01, key="def_rate")
     c4, c5, c6 = st.columns(3)
-    method = c4.selectbox("Detector", list(METHODS), format_func=lambda m: METHOD_NAMES[m], key="def_method")
+    method = c4.selectbox("Detector", list(METHODS), index=list(METHODS).index("spectral"),
+                          format_func=lambda m: METHOD_NAMES[m], key="def_method")
     ratio = c5.number_input("Isolation ratio", 0.01, 0.5, 0.05, 0.01, key="def_ratio")
     seed = int(c6.number_input("Seed", 0, 10_000, 0, key="def_seed"))
+    layer = _layer_choice("def_layer") if method != "lga" else None
     pseudo_opts = ["vd", "nc"] if _contrastive_available() else ["vd"]
     pseudo = st.radio("Pseudo labels", pseudo_opts, horizontal=True, key="def_pseudo",
                       format_func=lambda p: {"vd": "VD: model trained on a 5% clean subset",
@@ -66,7 +78,7 @@ def _simulated() -> None:
     epochs = 4 if spec == "digits" else None
     store = model_store()
     akey = ("defense-attack", spec, attack, float(rate), seed, epochs)
-    dkey = (*akey, method, float(ratio))
+    dkey = (*akey, method, float(ratio), layer)
     nkey = (*dkey, pseudo)
     if st.button("1 · Poison, train and detect", key="def_run_detect", type="primary"):
         ds = cached_dataset(spec)
@@ -76,7 +88,7 @@ def _simulated() -> None:
                                                   progress=progress_callback(st.progress(0.0)))
         att = store[akey]
         with st.status(f"Running {METHOD_NAMES[method]}…"):
-            store[dkey] = detect(method, att.poisoned.dataset, att.model, ratio, seed=seed,
+            store[dkey] = detect(method, att.poisoned.dataset, att.model, ratio, layer=layer, seed=seed,
                                  poisoned_indices=att.poisoned.poisoned_indices,
                                  progress=progress_callback(st.progress(0.0)))
     if dkey not in store:
@@ -135,13 +147,15 @@ def _own_data() -> None:
     c1, c2 = st.columns(2)
     method = c1.selectbox("Detector", list(METHODS), format_func=lambda m: METHOD_NAMES[m], key="own_method")
     ratio = c2.number_input("Isolation ratio", 0.01, 0.5, 0.05, 0.01, key="own_ratio")
-    st.caption("Spectral signatures and activation clustering read the current model's penultimate features "
-               "(it should have been trained on this dataset); LGA trains its own model with a flooded loss.")
-    key = ("defense-own", ds.name, len(ds), loaded.source, method, float(ratio))
+    layer = _layer_choice("own_layer") if method != "lga" else None
+    st.caption("Spectral signatures and activation clustering read the current model's features (it should "
+               "have been trained on this dataset); LGA trains its own model with a flooded loss.")
+    key = ("defense-own", ds.name, len(ds), loaded.source, method, float(ratio), layer)
     store = model_store()
     if st.button("Detect suspected poison", key="own_run", type="primary"):
         with st.status(f"Running {METHOD_NAMES[method]}…"):
-            store[key] = detect(method, ds, loaded.model, ratio, progress=progress_callback(st.progress(0.0)))
+            store[key] = detect(method, ds, loaded.model, ratio, layer=layer,
+                                progress=progress_callback(st.progress(0.0)))
     if key in store:
         _show_detection(store[key], ds.class_names, ds.images, ds.labels)
 
