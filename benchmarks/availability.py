@@ -20,6 +20,27 @@ from attacks.availability import default_trigger, run_availability, train_victim
 from workbench.data import load_dataset, train_test_split
 
 
+def probe_detectors(res, seed: int) -> dict:
+    """The defenses' poison detectors on the poisoned training set, isolating exactly the poisoned share."""
+    from defenses.detectors import HEAD_INPUT, detect
+    from workbench.hooks import default_feature_layer
+
+    data, truth = res.poison_set.dataset, res.poison_set.poisoned_indices
+    ratio = len(truth) / len(data)
+    model = res.victim.model
+    try:
+        layer = default_feature_layer(model)
+    except Exception:  # noqa: BLE001 - e.g. the IBP victim (a plain Sequential): read its head's input
+        layer = HEAD_INPUT
+    out = {}
+    for method in ("spectral", "ac", "lga"):
+        r = detect(method, data, None if method == "lga" else model, ratio, seed=seed, layer=layer,
+                   poisoned_indices=truth)
+        q = r.quality
+        out[method] = {"precision": q.precision, "recall": q.recall, "auroc": q.auroc, "seconds": r.seconds}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="mnist10k")
@@ -34,6 +55,8 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=0)
     ap.add_argument("--design", default="noise-directions")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe", action="store_true",
+                    help="also run the poison detectors (spectral, AC, LGA) on each poisoned training set")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,11 +86,16 @@ def main() -> None:
                    "cert_acc_clean_inputs_clean": next(r["accuracy"] for r in res.rows
                                                        if r["model"] == "clean" and r["inputs"] == "clean"),
                    "seconds": time.perf_counter() - t0}
+            if args.probe:
+                row["probe"] = probe_detectors(res, seed)
             rows.append(row)
             print(f"| {seed} | {100 * rate:g}% | {100 * row['fb_trig_poisoned']:.1f}% | "
                   f"{100 * row['fb_clean_poisoned']:.1f}% | {100 * row['fb_trig_clean']:.1f}% | "
                   f"{100 * row['fb_clean_clean']:.1f}% | {100 * row['acc_poisoned']:.2f}% | "
                   f"{100 * row['acc_clean']:.2f}% | {row['seconds']:.0f} |", flush=True)
+            for name, q in row.get("probe", {}).items():
+                print(f"|   probe {name} | precision {100 * q['precision']:.1f}% | recall {100 * q['recall']:.1f}% | "
+                      f"AUROC {q['auroc']:.3f} | {q['seconds']:.1f} s | | | | |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

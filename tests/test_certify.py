@@ -354,5 +354,6 @@ def test_cli_availability_attack_writes_a_report(tmp_path):
     assert {(r["model"], r["inputs"]) for r in rep["rows"]} == {("clean", "clean"), ("clean", "triggered"),
                                                                 ("poisoned", "clean"), ("poisoned", "triggered")}
     assert rep["poison"]["n_poisoned"] == round(0.05 * 1437) and "How the poison is built" in (out / "report.html").read_text()
+    assert "_poison_set" not in rep and "_victim" not in rep  # the poisoned set and model stay out of the report
     assert main(["-q", "attack", "availability", "--data", "digits", "--certifier", "smoothing", "--sigma", "-1",
                  "--out", str(out)]) == 2
