@@ -26,6 +26,7 @@ from workbench.training import gaussian_noise, predict_logits, train_on_split
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="mnist10k", help="mnist10k (28×28) or digits (8×8)")
     ap.add_argument("--inputs", type=int, default=30)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--n0", type=int, default=100)
@@ -35,12 +36,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    ds = load_dataset("mnist10k")
+    ds = load_dataset(args.data)
     train, test = train_test_split(ds, 0.2, 0)
     trained = train_on_split(train, test, "cnn", epochs=args.epochs, augment=False, transform=gaussian_noise(0.25))
     model = trained.model.eval()
     x, y = test.images[:args.inputs], test.labels[:args.inputs]
-    print(f"default CNN, noise-trained {args.epochs} epoch(s), test accuracy {100 * trained.evaluation.accuracy:.1f}%; "
+    print(f"{ds.name} {ds.image_size[0]}×{ds.image_size[1]}, default CNN, noise-trained {args.epochs} epoch(s), test accuracy {100 * trained.evaluation.accuracy:.1f}%; "
           f"{args.inputs} inputs, n0={args.n0}, n={args.n}, {torch.get_num_threads()} thread(s)")
     rows = []
     t = time.perf_counter()
