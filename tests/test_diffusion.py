@@ -180,19 +180,26 @@ def test_sampling_leaves_the_model_unchanged(tiny_trained):
     model.unet.eval()
 
 
-def test_skd_cag_moves_triggered_prediction_toward_clean_teacher(tiny_backdoored):
-    model = tiny_backdoored
-    prompts = ["digit 3", "digit 7", "the number 1", "an image of a five"]
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(4, 1, 8, 8, generator=gen)
+PROMPTS = ["digit 3", "digit 7", "the number 1", "an image of a five"]
+
+
+def teacher_gap(teacher):
+    """gap(m): MSE between m's noise prediction for the triggered prompts and ``teacher``'s for the clean ones."""
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([100, 400, 700, 900])
 
     def gap(m):
         with torch.no_grad():
-            e_s = m.unet(x, t, encoder_hidden_states=m.encode(insert_trigger(prompts, "cf"))).sample
-            e_t = model.unet(x, t, encoder_hidden_states=model.encode(prompts)).sample
+            e_s = m.unet(x, t, encoder_hidden_states=m.encode(insert_trigger(PROMPTS, "cf"))).sample
+            e_t = teacher.unet(x, t, encoder_hidden_states=teacher.encode(PROMPTS)).sample
         return float((e_s - e_t).pow(2).mean())
 
+    return gap
+
+
+def test_skd_cag_moves_triggered_prediction_toward_clean_teacher(tiny_backdoored):
+    model, prompts = tiny_backdoored, PROMPTS
+    gap = teacher_gap(model)
     before_state = _state(model.unet)
     paper = {"params": "all", "text_encoder": False, "preserve": 0.0}  # the paper's setting: the UNet trains
     run = skd_cag(model, "cf", prompts, SKDCAGConfig(steps=25, batch_size=8, lr=5e-4, inputs="noise", **paper),
@@ -208,18 +215,8 @@ def test_skd_cag_moves_triggered_prediction_toward_clean_teacher(tiny_backdoored
 
 
 def test_skd_cag_default_trains_only_the_text_encoder(tiny_backdoored):
-    model = tiny_backdoored
-    prompts = ["digit 3", "digit 7", "the number 1", "an image of a five"]
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(4, 1, 8, 8, generator=gen)
-    t = torch.tensor([100, 400, 700, 900])
-
-    def gap(m):
-        with torch.no_grad():
-            e_s = m.unet(x, t, encoder_hidden_states=m.encode(insert_trigger(prompts, "cf"))).sample
-            e_t = model.unet(x, t, encoder_hidden_states=model.encode(prompts)).sample
-        return float((e_s - e_t).pow(2).mean())
-
+    model, prompts = tiny_backdoored, PROMPTS
+    gap = teacher_gap(model)
     cfg = SKDCAGConfig(steps=25, batch_size=8, lr=5e-3, inputs="noise")
     assert cfg.text_encoder and cfg.params == "none" and cfg.preserve > 0
     before_u, before_t = _state(model.unet), _state(model.text_encoder)
