@@ -191,25 +191,9 @@ def head_input_layer(model: nn.Module) -> str:
                    f"classifier-head input; name a feature layer instead of {HEAD_INPUT!r}")
 
 
-@torch.no_grad()
 def head_inputs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """The input of the model's first ``nn.Linear`` for every image (N×D, on the CPU)."""
-    from workbench.hooks import capture_layers
-    from workbench.models import model_device
-
-    name = head_input_layer(model)
-    dev = model_device(model)
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with capture_layers(model, name, keep_inputs=True, detach=True) as cap:
-            for i in range(0, len(images), batch_size):
-                model(images[i:i + batch_size].to(dev))
-                chunks.append(cap.inputs[name].float().cpu().flatten(1))
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
+    return layer_outputs(model, images, head_input_layer(model), batch_size=batch_size, inputs=True)
 
 
 def _layer_name(model: nn.Module, layer: str | None) -> str | None:

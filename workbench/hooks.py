@@ -89,19 +89,21 @@ def default_feature_layer(model: nn.Module) -> str:
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, images: torch.Tensor, layer: str | nn.Module | None = None, *,
-                  batch_size: int = 512, flatten: bool = True) -> torch.Tensor:
-    """The output of ``layer`` (default: the model's penultimate features) for every image, on the CPU."""
+                  batch_size: int = 512, flatten: bool = True, inputs: bool = False) -> torch.Tensor:
+    """The output of ``layer`` (default: the model's penultimate features) for every image, on the CPU;
+    with ``inputs=True`` the layer's (first) input instead, e.g. what a classifier head reads."""
     layer = layer if layer is not None else default_feature_layer(model)
     dev = model_device(model)
     was_training = model.training
     model.eval()
     chunks = []
     try:
-        with capture_layers(model, layer, detach=True) as cap:
+        with capture_layers(model, layer, keep_inputs=inputs, detach=True) as cap:
             name = next(iter(resolve_layers(model, layer)))[0]
+            store = cap.inputs if inputs else cap.activations
             for i in range(0, len(images), batch_size):
                 model(images[i:i + batch_size].to(dev))
-                a = cap.activations[name].float().cpu()
+                a = store[name].float().cpu()
                 chunks.append(a.flatten(1) if flatten else a)
     finally:
         model.train(was_training)
