@@ -53,10 +53,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.data import ImageDataset
+from workbench.adapter import as_model
+from workbench.data import ImageDataset, as_dataset
 from workbench.errors import BadInput, check_in_range, require
 from workbench.hooks import layer_outputs
-from workbench.models import build_model
+from workbench.layers import default_feature_layer, named_layers
+from workbench.models import architecture
 from workbench.training import Progress, fit, predict_logits, resolve_device
 
 METHODS = ("lga", "spectral", "ac")
@@ -154,24 +156,35 @@ def per_sample_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def lga_detect(data: ImageDataset, ratio: float = 0.05, *, gamma: float = 0.5, epochs: int = 2, arch: str = "cnn",
+def lga_detect(data: ImageDataset, ratio: float = 0.05, *, gamma: float = 0.5, epochs: int = 2, arch="cnn",
                lr: float = 1e-3, batch_size: int = 64, seed: int = 0, device="cpu",
                progress: Progress | None = None) -> DetectionResult:
     """Loss-guided isolation (ABL's LGA stage): flooded-loss training, then the lowest-loss samples.
 
-    Trains a fresh ``arch`` zoo model on ``data`` for ``epochs`` with the flooded loss (γ = ``gamma``),
-    constant learning rate ``lr`` and no augmentation, then scores each sample by −CE(model(x), y).
+    Trains a fresh model on ``data`` for ``epochs`` with the flooded loss (γ = ``gamma``), constant
+    learning rate ``lr`` and no augmentation, then scores each sample by −CE(model(x), y). ``arch``
+    is the architecture to train: a zoo name, a factory or transformers folder spec
+    (:func:`workbench.models.architecture`), a :class:`~workbench.models.LoadedModel` (a fresh copy of the
+    user's own architecture), or a callable ``seed -> untrained model``.
     """
     ratio = check_ratio(ratio)
     check_in_range("gamma", float(gamma), 0.0, 10.0, low_open=True)
+    data = as_dataset(data)
     t0 = time.perf_counter()
-    model = build_model(arch, data.channels, data.num_classes, data.image_size, seed=seed)
+    if hasattr(arch, "fresh"):  # a LoadedModel: train the user's own architecture
+        model = arch.fresh(seed, data.input_shape)
+    elif callable(arch):
+        model = arch(seed)
+    else:
+        model = architecture(arch, data.channels, data.num_classes, data.image_size, seed=seed)
     hist = fit(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                loss_fn=flooded_loss(gamma), schedule="constant", progress=progress)
     loss = per_sample_loss(model, data.images, data.labels, device=resolve_device(device))
     scores = -loss
     return DetectionResult("lga", scores, flag_top(scores, ratio), ratio, time.perf_counter() - t0,
-                           params={"gamma": gamma, "epochs": epochs, "arch": arch, "lr": lr,
+                           params={"gamma": gamma, "epochs": epochs,
+                                   "arch": arch if isinstance(arch, str) else "the given model's architecture",
+                                   "lr": lr,
                                    "batch_size": batch_size, "seed": seed},
                            details={"final_flooded_loss": hist.loss[-1], "train_seconds": hist.seconds})
 
@@ -184,7 +197,7 @@ def head_input_layer(model: nn.Module) -> str:
     """The name of the model's first fully connected layer (``nn.Linear``, in registration order),
     whose *input* :data:`HEAD_INPUT` reads: the representation the classifier head sees (for the zoo
     CNN the pooled conv features feeding ``fc1``; for the zoo ResNet the penultimate layer)."""
-    for name, mod in model.named_modules():
+    for name, mod in named_layers(model):
         if isinstance(mod, nn.Linear):
             return name
     raise BadInput(f"{type(model).__name__} has no fully connected (nn.Linear) layer, so there is no "
@@ -196,19 +209,21 @@ def head_inputs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512
     return layer_outputs(model, images, head_input_layer(model), batch_size=batch_size, inputs=True)
 
 
-def _layer_name(model: nn.Module, layer: str | None) -> str | None:
-    return getattr(model, "feature_layer", None) if layer in (None, PENULTIMATE) else layer
+def _layer_name(model: nn.Module, layer: str | None, input_shape=None) -> str | None:
+    if layer in (None, PENULTIMATE):
+        return default_feature_layer(as_model(model), input_shape)
+    return layer
 
 
 def _features(model: nn.Module, data: ImageDataset, layer: str | None) -> torch.Tensor:
-    require(isinstance(model, nn.Module), f"a detector needs a torch model, got {type(model).__name__}")
-    modules = dict(model.named_modules())
+    model = as_model(model)
+    modules = dict(named_layers(model))
     if layer == PENULTIMATE and PENULTIMATE not in modules:
         layer = None
     if layer == HEAD_INPUT and HEAD_INPUT not in modules:
         feats = head_inputs(model, data.images)
     else:
-        feats = layer_outputs(model, data.images, layer)
+        feats = layer_outputs(model, data.images, _layer_name(model, layer, data.input_shape))
     require(feats.ndim == 2 and feats.shape[1] >= 2,
             f"layer {layer or 'default'} gives features of shape {tuple(feats.shape)}; need N×D with D >= 2")
     return feats.double()
@@ -218,6 +233,7 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
                     ) -> DetectionResult:
     """Spectral signatures (Tran et al. 2018) on ``layer``'s features (default: the penultimate layer)."""
     ratio = check_ratio(ratio)
+    data = as_dataset(data)
     t0 = time.perf_counter()
     feats = _features(model, data, layer)
     scores = torch.zeros(len(data), dtype=torch.float64)
@@ -237,7 +253,7 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
                                           "max_normalized_score": float((proj / med).max())}
     scores = scores.float()
     return DetectionResult("spectral", scores, flag_top(scores, ratio), ratio, time.perf_counter() - t0,
-                           params={"layer": _layer_name(model, layer)},
+                           params={"layer": _layer_name(model, layer, data.input_shape)},
                            details={"per_class": per_class})
 
 
@@ -251,6 +267,7 @@ def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: fl
 
     ratio = check_ratio(ratio)
     require(n_components >= 1, f"n_components must be >= 1, got {n_components}")
+    data = as_dataset(data)
     t0 = time.perf_counter()
     feats = _features(model, data, layer).numpy()
     scores = np.zeros(len(data))
@@ -278,7 +295,7 @@ def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: fl
                                           "suspected": rel <= size_threshold}
     scores_t = torch.as_tensor(scores, dtype=torch.float32)
     return DetectionResult("ac", scores_t, flag_top(scores_t, ratio), ratio, time.perf_counter() - t0,
-                           params={"layer": _layer_name(model, layer),
+                           params={"layer": _layer_name(model, layer, data.input_shape),
                                    "n_components": n_components, "size_threshold": size_threshold, "seed": seed},
                            details={"per_class": per_class,
                                     "suspected_classes": [k for k, v in per_class.items() if v["suspected"]]})
@@ -297,6 +314,7 @@ def detect(method: str, data: ImageDataset, model: nn.Module | None = None, rati
     method = str(method).lower()
     require(method in METHODS, f"unknown detector {method!r}; choose one of {', '.join(METHODS)}")
     ratio = check_ratio(ratio)
+    data = as_dataset(data)
     if method == "lga":
         res = lga_detect(data, ratio, epochs=lga_epochs, arch=arch, seed=seed, device=device, progress=progress)
     else:

@@ -41,6 +41,11 @@ class ImageDataset:
     indices: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.labels, torch.Tensor) and self.labels.dtype != torch.int64 and not (
+                self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool):
+            self.labels = self.labels.long()  # any integer dtype
+        if isinstance(self.images, torch.Tensor) and self.images.dtype == torch.uint8:
+            self.images = self.images.float().div_(255.0)
         validate_arrays(self.images, self.labels, len(self.class_names), self.name)
 
     def __len__(self) -> int:
@@ -107,10 +112,13 @@ def validate_arrays(images: torch.Tensor, labels: torch.Tensor, num_classes: int
     require(images.shape[0] == labels.shape[0],
             f"{name}: {images.shape[0]} images but {labels.shape[0]} labels")
     require(images.dtype == torch.float32, f"{name}: images must be float32, got {images.dtype}")
-    require(labels.dtype == torch.int64, f"{name}: labels must be int64, got {labels.dtype}")
+    require(labels.dtype == torch.int64, f"{name}: labels must be integers, got {labels.dtype}")
     require(bool(torch.isfinite(images).all()), f"{name}: images contain NaN or infinite values")
     lo, hi = float(images.min()), float(images.max())
-    require(lo >= 0.0 and hi <= 1.0, f"{name}: image values must lie in [0, 1], got [{lo:g}, {hi:g}]")
+    require(lo >= 0.0 and hi <= 1.0, f"{name}: image values must lie in [0, 1], got [{lo:g}, {hi:g}]"
+            + (": they look normalised; give the normalisation's mean and std (as_dataset(..., mean=, std=)) to "
+               "map them back to pixels, and the same mean and std to the model (as_model(model, mean=, std=))"
+               if lo < 0.0 else ""))
     require(int(labels.min()) >= 0 and int(labels.max()) < num_classes,
             f"{name}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
 
@@ -152,7 +160,9 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
         lo, hi = float(arr.min()), float(arr.max())
         require(lo >= 0.0 and hi <= 1.0,
                 f"{name}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}] "
-                "(scale them, or save them as uint8 0-255)")
+                + ("(they look normalised; give the normalisation's mean and std, as_dataset(..., mean=, std=), "
+                   "to map them back to pixels, and the same to the model, as_model(model, mean=, std=))"
+                   if lo < 0.0 else "(scale them, or save them as uint8 0-255)"))
     elif np.issubdtype(images.dtype, np.integer):
         lo, hi = int(images.min()), int(images.max())
         require(lo >= 0 and hi <= 255,
@@ -370,3 +380,143 @@ def stratified_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
         return ds
     _, part = train_test_split(ds, test_fraction=n / len(ds), seed=seed)
     return replace(part, name=f"{ds.name}[{n}]")
+
+
+# ---------------------------------------------------------------- data in the forms users have
+def _batch_arrays(batch, where: str) -> tuple:
+    """``(images, labels)`` of one item or batch: a pair, or a dict with image and label keys."""
+    if isinstance(batch, dict):
+        ik = next((k for k in ("pixel_values", "images", "image", "x") if k in batch), None)
+        lk = next((k for k in ("labels", "label", "y") if k in batch), None)
+        require(ik is not None and lk is not None,
+                f"{where} yields dicts with keys {sorted(batch)}; expected an image key (pixel_values, images, "
+                "image or x) and a label key (labels, label or y)")
+        return batch[ik], batch[lk]
+    require(isinstance(batch, (tuple, list)) and len(batch) >= 2,
+            f"{where} must yield (image, label) pairs, got {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+def _to_numpy(a, what: str) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    if isinstance(a, (int, float, np.integer, np.floating)):
+        return np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"cannot read {what} as an array ({exc})") from None
+    require(arr.dtype != object, f"{what} must be numeric arrays or tensors, got objects")
+    return arr
+
+
+def _gather_torch_data(data, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        require(len(data) > 0, "the dataset is empty")
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    else:
+        loader = data
+    xs, ys = [], []
+    for batch in loader:
+        x, y = _batch_arrays(batch, type(data).__name__)
+        xs.append(_to_numpy(x, "images"))
+        ys.append(_to_numpy(y, "labels").reshape(-1))
+    require(len(xs) > 0, f"{type(data).__name__} yielded no batches")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def as_dataset(data, labels=None, *, class_names: list[str] | None = None, num_classes: int | None = None,
+               name: str | None = None, mean=None, std=None, layout: str | None = None,
+               batch_size: int = 256) -> ImageDataset:
+    """Any image data as an :class:`ImageDataset`: what every library entry point calls on its data.
+
+    ``data`` may be an :class:`ImageDataset` (returned as is), a spec string (:func:`load_dataset`),
+    images with ``labels`` given separately, an ``(images, labels)`` pair of tensors or arrays, or a
+    ``torch.utils.data.Dataset`` / ``DataLoader`` yielding ``(x, y)`` (or dicts with ``pixel_values``
+    / ``image`` and ``label(s)``). Images may be N×H×W, N×C×H×W or channels-last N×H×W×C; uint8
+    0-255 or float in [0, 1]. Normalised float images are mapped back to pixels with ``mean`` and
+    ``std`` (per channel); labels may have any integer dtype. ``num_classes`` (e.g. the model's)
+    sets the class count when the labels do not show every class.
+    """
+    if isinstance(data, ImageDataset):
+        require(labels is None, "labels are given twice: the dataset already has labels")
+        return data
+    if isinstance(data, str):
+        require(labels is None, "labels cannot be given with a dataset spec")
+        return load_dataset(data)
+    from torch.utils.data import DataLoader, Dataset
+
+    if labels is not None:
+        images, labs = _to_numpy(data, "images"), _to_numpy(labels, "labels")
+        default_name = "arrays"
+    elif isinstance(data, (DataLoader, Dataset)):
+        images, labs = _gather_torch_data(data, batch_size)
+        default_name = type(data).__name__
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        images, labs = _to_numpy(data[0], "images"), _to_numpy(data[1], "labels")
+        default_name = "arrays"
+    else:
+        raise BadInput(f"cannot use {type(data).__name__} as image data: give an ImageDataset, a spec string, "
+                       "(images, labels) tensors or arrays, or a torch Dataset/DataLoader yielding (x, y)")
+    if mean is not None or std is not None:
+        require(mean is not None and std is not None, "give both mean and std to undo a normalisation")
+        require(np.issubdtype(images.dtype, np.floating), "mean/std undo a normalisation of float images; these "
+                                                          f"images are {images.dtype}")
+        m = np.asarray(mean, dtype=np.float32).reshape(-1)
+        sd = np.asarray(std, dtype=np.float32).reshape(-1)
+        axis = 3 if (layout == "nhwc" or (images.ndim == 4 and images.shape[-1] == len(m)
+                                          and images.shape[1] != len(m))) else 1
+        shape = [1] * images.ndim
+        if images.ndim == 4:
+            shape[axis] = -1
+        images = images.astype(np.float32) * sd.reshape(shape) + m.reshape(shape)
+        if float(images.min()) >= -1e-4 and float(images.max()) <= 1 + 1e-4:  # float rounding of the round trip
+            images = np.clip(images, 0.0, 1.0)
+    if class_names is None and num_classes is not None:
+        require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
+        class_names = [str(k) for k in range(num_classes)]
+    return _from_arrays(images, labs, name or default_name, class_names=class_names, layout=layout)
+
+
+def fingerprint(ds: ImageDataset) -> str:
+    """A short hash of a dataset (shape, every label, up to 256 evenly spaced images): enough to tell
+    the dataset a model was trained on from another one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(str(tuple(ds.images.shape)).encode())
+    h.update(ds.labels.numpy().astype(np.int64).tobytes())
+    pick = torch.linspace(0, len(ds) - 1, min(256, len(ds))).long()
+    h.update((ds.images[pick] * 255).round().to(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class HeldOut:
+    """The evaluation data of a trained model on a dataset, and how it was chosen."""
+
+    data: ImageDataset
+    reproduced: bool  # True: the model's own held-out split; False: every sample
+    note: str
+
+
+def held_out(ds: ImageDataset, provenance: dict | None) -> HeldOut:
+    """The test split a model was *not* trained on, from its card's provenance (seed, test fraction,
+    dataset fingerprint): the same seeded stratified split when ``ds`` is the training run's dataset;
+    every sample otherwise (a dataset the model never saw, or a model trained elsewhere), with a note.
+    """
+    prov = provenance or {}
+    seed, frac, fp = prov.get("seed"), prov.get("test_fraction"), prov.get("data_fingerprint")
+    if seed is None or frac is None:
+        return HeldOut(ds, False, "the model's card records no training split, so every sample is evaluated")
+    if fp is not None and fp != fingerprint(ds):
+        return HeldOut(ds, False, f"{ds.name} is not the dataset the model was trained on ({prov.get('data')}; "
+                                  "fingerprints differ), so every sample is evaluated")
+    if fp is None and prov.get("n_train") is not None and \
+            int(prov.get("n_train", 0)) + int(prov.get("n_test", 0)) != len(ds):
+        return HeldOut(ds, False, f"{ds.name} has {len(ds)} samples but the model was trained on a split of "
+                                  f"{int(prov['n_train']) + int(prov.get('n_test', 0))}, so every sample is evaluated")
+    _, test = train_test_split(ds, float(frac), int(seed))
+    return HeldOut(test, True, f"the held-out {float(frac):.0%} of the model's training run (split seed {seed})")

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .adapter import model_device
 from .errors import BadInput, require
-from .models import get_layer, layer_name_of, model_device
+from .layers import default_feature_layer, first_tensor, get_layer, layer_name_of, split_feature_layer
 
 
 @dataclass
@@ -59,16 +60,19 @@ def capture_layers(model: nn.Module, layers, *, keep_inputs: bool = False,
     for name, mod in named:
 
         def fwd(_m, inputs, output, name=name):
-            if not isinstance(output, torch.Tensor):
+            tensor = first_tensor(output)
+            if tensor is None:
                 raise BadInput(f"layer {name!r} returns {type(output).__name__}, not a tensor")
-            cap.activations[name] = output.detach() if detach else output
+            cap.activations[name] = tensor.detach() if detach else tensor
             if keep_inputs:
                 x = inputs[0] if isinstance(inputs, tuple) else inputs
                 cap.inputs[name] = x.detach() if detach else x
-            if retain_grad and output.requires_grad:
-                output.register_hook(lambda g, name=name: cap.gradients.__setitem__(name, g))
+            if retain_grad and tensor.requires_grad:
+                tensor.register_hook(lambda g, name=name: cap.gradients.__setitem__(name, g))
             if offsets is not None and name in offsets:
-                return output + offsets[name]
+                if tensor is output:
+                    return output + offsets[name]
+                return (tensor + offsets[name], *output[1:])
             return None
 
         handles.append(mod.register_forward_hook(fwd))
@@ -79,20 +83,18 @@ def capture_layers(model: nn.Module, layers, *, keep_inputs: bool = False,
             h.remove()
 
 
-def default_feature_layer(model: nn.Module) -> str:
-    name = getattr(model, "feature_layer", None)
-    if name is None:
-        raise BadInput(f"{type(model).__name__} does not declare a penultimate feature layer; name one "
-                       "explicitly (a layer whose output is the embedding)")
-    return name
-
-
 @torch.no_grad()
 def layer_outputs(model: nn.Module, images: torch.Tensor, layer: str | nn.Module | None = None, *,
                   batch_size: int = 512, flatten: bool = True, inputs: bool = False) -> torch.Tensor:
-    """The output of ``layer`` (default: the model's penultimate features) for every image, on the CPU;
-    with ``inputs=True`` the layer's (first) input instead, e.g. what a classifier head reads."""
-    layer = layer if layer is not None else default_feature_layer(model)
+    """The output of ``layer`` (default: the model's penultimate features, see
+    :func:`workbench.layers.default_feature_layer`) for every image, on the CPU; with ``inputs=True``
+    (or a layer named ``"NAME:input"``) the layer's (first) input instead, e.g. what a classifier head
+    reads."""
+    if layer is None:
+        layer = default_feature_layer(model, tuple(images.shape[1:]))
+    if isinstance(layer, str):
+        layer, as_input = split_feature_layer(layer)
+        inputs = inputs or as_input
     dev = model_device(model)
     was_training = model.training
     model.eval()

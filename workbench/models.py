@@ -1,142 +1,75 @@
-"""Model zoo, safe model I/O and named-layer lookup.
+"""Models from where users keep them: one spec string, safe loading, cards, fresh architectures.
 
-Zoo: ``cnn`` (a LeNet-style CNN with BatchNorm) and ``resnet`` (a small ResNet of BasicBlocks), both
-for 1- or 3-channel inputs from 8×8 to 64×64. Saved models are a directory with
-``model.safetensors`` (weights) and ``model.json`` (a :class:`ModelCard`: architecture, input shape,
-class names, training provenance).
+A **model spec** (the CLI's ``--model``, the app's upload, :func:`load_model`) is one of:
 
-Loading never unpickles arbitrary objects: safetensors, ``torch.load(..., weights_only=True)`` for
-``.pt``/``.pth`` state dicts, or ``torch.jit.load`` for TorchScript archives.
+- a **workbench folder**: ``model.safetensors`` + ``model.json`` (a :class:`ModelCard`), as
+  :func:`save_model` and ``workbench train`` write it;
+- a **transformers folder**: ``config.json`` + weights, as ``save_pretrained`` writes it (image
+  classification heads; loaded locally, never from the network, never with remote code);
+  ``preprocessor_config.json``'s mean, std and size become the adapter's normalisation and resize;
+- a **factory**: ``path/to/file.py:factory`` or ``package.module:factory`` with ``weights=`` (a
+  ``.safetensors`` file or a state dict read with ``torch.load(..., weights_only=True)``): the user's
+  own architecture, as ``torch.hub`` entry points and timm's ``create_model`` work. Importing the
+  factory **runs the user's code** — by design, since it is theirs; a card that names a factory is
+  only followed with ``trust_code=True``;
+- a **weights file** (``.safetensors``, ``.pt``, ``.pth``, ``.bin`` state dict) with a ``model.json``
+  beside it, or an architecture given here;
+- a **TorchScript archive**: TorchScript is code, not weights (loading it runs the archive's code),
+  so it is refused unless ``trust_code=True``, and then serves only what needs no layer hooks
+  (randomized smoothing, accuracy).
+
+Loading never unpickles arbitrary objects. Every loaded model comes wrapped in a
+:class:`~workbench.adapter.ModelAdapter` (pixel-space inputs, logits out, the user's layer names).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import pickle
+import sys
 import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from .adapter import ModelAdapter, as_model, model_device, num_classes_of, unwrap
 from .atomic import atomic_write, atomic_write_text
 from .errors import BadInput, require
+from .layers import LayerInfo, describe_layers, get_layer, layer_name_of, layer_names
+from .zoo import MAX_SIZE, MIN_SIZE, ZOO, BasicBlock, SmallCNN, SmallResNet, build_model
 
+__all__ = ["BasicBlock", "LayerInfo", "LoadedModel", "MAX_SIZE", "MIN_SIZE", "ModelAdapter", "ModelCard",
+           "SmallCNN", "SmallResNet", "ZOO", "architecture", "as_model", "build_model", "describe_layers",
+           "get_layer", "is_factory_spec", "layer_name_of", "layer_names", "load_model", "model_device",
+           "save_model"]
 
-class SmallCNN(nn.Module):
-    """LeNet-style CNN: two blocks of two 3×3 conv+BN+ReLU and a max-pool, then a 2-layer head.
-
-    Layer names worth explaining: ``relu2`` (H/1), ``relu4`` (H/2, the default CAM layer: the last
-    conv activations before pooling); penultimate features: ``relu5`` (``width*4`` dims).
-    """
-
-    default_cam_layer = "relu4"
-    feature_layer = "relu5"
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
-        super().__init__()
-        w = width
-        self.conv1, self.bn1, self.relu1 = nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
-        self.conv2, self.bn2, self.relu2 = nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv3, self.bn3, self.relu3 = nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU()
-        self.conv4, self.bn4, self.relu4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.gap = nn.AdaptiveAvgPool2d(3)
-        self.flatten = nn.Flatten()
-        self.fc1, self.relu5 = nn.Linear(2 * w * 9, 4 * w), nn.ReLU()
-        self.fc2 = nn.Linear(4 * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.pool1(self.relu2(self.bn2(self.conv2(x))))
-        x = self.relu3(self.bn3(self.conv3(x)))
-        x = self.pool2(self.relu4(self.bn4(self.conv4(x))))
-        x = self.relu5(self.fc1(self.flatten(self.gap(x))))
-        return self.fc2(x)
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3×3 convs with BatchNorm, identity or 1×1 projection shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
-
-
-class SmallResNet(nn.Module):
-    """A small ResNet (3 stages of 2 BasicBlocks, widths w, 2w, 4w, global average pool).
-
-    Layers are named like torchvision's (``layer2.1.conv1``); default CAM layer ``layer3``,
-    penultimate features ``flatten``.
-    """
-
-    default_cam_layer = "layer3"
-    feature_layer = "flatten"
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
-        super().__init__()
-        w = width
-        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w)
-        self.relu = nn.ReLU()
-        self.layer1 = nn.Sequential(BasicBlock(w, w), BasicBlock(w, w))
-        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w))
-        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(4 * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.flatten(self.avgpool(x)))
-
-
-ZOO: dict[str, Callable[..., nn.Module]] = {"cnn": SmallCNN, "resnet": SmallResNet}
-MIN_SIZE, MAX_SIZE = 8, 64
-
-
-def build_model(arch: str, in_channels: int, num_classes: int, image_size: tuple[int, int] | int = 28,
-                seed: int | None = 0, **kwargs) -> nn.Module:
-    """A fresh zoo model, its weights initialised from ``seed``."""
-    require(arch in ZOO, f"unknown model {arch!r}; the zoo has: {', '.join(sorted(ZOO))}")
-    require(in_channels in (1, 3), f"zoo models take 1 or 3 input channels, got {in_channels}")
-    require(num_classes >= 2, f"need at least 2 classes, got {num_classes}")
-    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    require(all(MIN_SIZE <= s <= MAX_SIZE for s in hw),
-            f"zoo models take images from {MIN_SIZE}×{MIN_SIZE} to {MAX_SIZE}×{MAX_SIZE}, got {hw[0]}×{hw[1]}")
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
-    return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
+TRANSFORMERS = "transformers"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+TRUST_HINT = "pass --trust-code (library: trust_code=True) only if you trust its author"
 
 
 @dataclass
 class ModelCard:
-    """What a saved model is: architecture, inputs, classes and how it was trained."""
+    """What a saved model is: architecture, inputs, classes, preprocessing and how it was trained.
+
+    ``arch`` is a zoo name (``cnn``, ``resnet``), ``transformers`` (a ``config.json`` lies beside the
+    weights) or a factory spec (``path/to/file.py:factory``, ``package.module:factory``);
+    ``arch_kwargs`` are passed to the zoo constructor or the factory. ``input_shape`` is (C, H, W) of
+    the images the model takes (``None`` when not known). ``preprocess`` holds the adapter's ``mean``,
+    ``std`` and ``size``.
+    """
 
     arch: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int] | None
     class_names: list[str]
     arch_kwargs: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    preprocess: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -144,7 +77,7 @@ class ModelCard:
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
+        d["input_shape"] = list(self.input_shape) if self.input_shape is not None else None
         d["format"] = "workbench-model/1"
         return json.dumps(d, indent=2, sort_keys=True)
 
@@ -152,39 +85,284 @@ class ModelCard:
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:
         try:
             d = json.loads(text)
-            return cls(arch=str(d["arch"]), input_shape=tuple(int(s) for s in d["input_shape"]),
+            require(isinstance(d, dict), "not a JSON object")
+            shape = d.get("input_shape")
+            card = cls(arch=str(d["arch"]), input_shape=None if shape is None else tuple(int(s) for s in shape),
                        class_names=[str(c) for c in d["class_names"]],
-                       arch_kwargs=dict(d.get("arch_kwargs", {})), provenance=dict(d.get("provenance", {})))
+                       arch_kwargs=dict(d.get("arch_kwargs") or {}), provenance=dict(d.get("provenance") or {}),
+                       preprocess=dict(d.get("preprocess") or {}))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BadInput(f"{source}: not a valid model card ({exc})") from None
+        require(card.input_shape is None or (len(card.input_shape) == 3 and min(card.input_shape) >= 1),
+                f"{source}: input_shape must be [C, H, W] with positive sizes, got {card.input_shape}")
+        return card
+
+    def adapter_kwargs(self) -> dict:
+        """``mean``/``std``/``size`` for :class:`~workbench.adapter.ModelAdapter` from ``preprocess``."""
+        p = self.preprocess or {}
+        out: dict[str, Any] = {}
+        if p.get("mean") is not None:
+            out["mean"], out["std"] = list(p["mean"]), list(p["std"])
+        if p.get("size") is not None:
+            out["size"] = tuple(int(s) for s in p["size"])
+        return out
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for evaluation (``eval()`` mode) and what is known about it."""
+    """A model ready for evaluation (``eval()`` mode), wrapped in a :class:`ModelAdapter`, and what is
+    known about it: its card, where it came from, and how to build an untrained copy (``spec``)."""
 
-    model: nn.Module
+    model: ModelAdapter
     card: ModelCard
     source: str
+    #: Architecture spec for :func:`architecture` (None for TorchScript and callables).
+    spec: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelAdapter):
+            self.model = as_model(self.model, **self.card.adapter_kwargs())
+        if self.spec is None and self.card.arch in ZOO:
+            self.spec = self.card.arch
+
+    @property
+    def module(self) -> nn.Module:
+        """The user's own module inside the adapter."""
+        return unwrap(self.model)
+
+    def fresh(self, seed: int = 0, input_shape: tuple[int, int, int] | None = None) -> ModelAdapter:
+        """An untrained model of the same architecture and preprocessing (weights from ``seed``)."""
+        require(self.spec is not None, f"{self.source}: cannot build an untrained copy of this model "
+                                       f"({self.card.arch}); give an architecture spec instead")
+        shape = input_shape or self.card.input_shape
+        require(shape is not None, f"{self.source}: the input shape is not known; give input_shape")
+        net = architecture(self.spec, shape[0], self.card.num_classes, shape[1:], seed=seed,
+                           arch_kwargs=self.card.arch_kwargs, trust_code=True, config_dir=self._config_dir())
+        return as_model(net, **self.card.adapter_kwargs(), input_shape=tuple(shape))
+
+    def _config_dir(self) -> str | None:
+        return self.card.provenance.get("config_dir")
+
+    def bind(self, data_shape: tuple[int, int, int], num_classes: int, class_names=None,
+             what: str = "the data") -> LoadedModel:
+        """Check that the model takes images of ``data_shape`` and has ``num_classes`` outputs; return it
+        with the card completed from the data (input shape, class names) where the card did not know.
+
+        Raises :class:`BadInput` naming the expected shape or the class counts.
+        """
+        data_shape = tuple(int(s) for s in data_shape)
+        expected = self.card.input_shape
+        if expected is not None and expected[0] != data_shape[0]:
+            raise BadInput(f"the model takes {expected[0]}-channel images {tuple(expected)} but {what} has "
+                           f"{data_shape[0]}-channel images {data_shape}")
+        if expected is not None and tuple(expected) != data_shape and self.model.resize is None \
+                and self.card.arch in ZOO:
+            raise BadInput(f"the model takes images of shape {tuple(expected)} but {what} has {data_shape}")
+        k = num_classes_of(self.model, data_shape)  # also: can it take this size at all?
+        if k != num_classes:
+            raise BadInput(f"the model has {k} classes but {what} has {num_classes}")
+        card = self.card
+        if card.input_shape is None or not card.class_names or len(card.class_names) != k:
+            names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+            card = replace(card, input_shape=card.input_shape or data_shape,
+                           class_names=card.class_names if len(card.class_names) == k else names)
+        if self.model.input_shape is None:
+            self.model.input_shape = data_shape
+        return replace(self, card=card)
 
 
-def save_model(model: nn.Module, directory: str | Path, card: ModelCard) -> Path:
-    """Write ``model.safetensors`` + ``model.json`` into ``directory`` (each atomically)."""
-    from safetensors.torch import save_file
+# ---------------------------------------------------------------- specs
+def is_factory_spec(spec: str) -> bool:
+    """``path/to/file.py:name`` or ``package.module:name`` (not a zoo name or an existing path)."""
+    if not isinstance(spec, str) or ":" not in spec or spec.count(":") != 1:
+        return False
+    target, name = spec.rsplit(":", 1)
+    if not name.isidentifier():
+        return False
+    return target.endswith(".py") or all(p.isidentifier() for p in target.split("."))
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
-    atomic_write_text(directory / "model.json", card.to_json())
-    return directory
+
+def _import_factory(spec: str):
+    target, name = spec.rsplit(":", 1)
+    try:
+        if target.endswith(".py"):
+            path = Path(target).expanduser()
+            require(path.is_file(), f"factory file not found: {path}")
+            mod_name = f"_workbench_factory_{abs(hash(str(path.resolve())))}"
+            module = sys.modules.get(mod_name)
+            if module is None:
+                loader_spec = importlib.util.spec_from_file_location(mod_name, path)
+                require(loader_spec is not None and loader_spec.loader is not None, f"cannot import {path}")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[mod_name] = module
+                try:
+                    loader_spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(mod_name, None)
+                    raise
+        else:
+            module = importlib.import_module(target)
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure is their input's
+        raise BadInput(f"importing {target} for model factory {spec!r} failed: {type(exc).__name__}: {exc}") \
+            from None
+    fn = getattr(module, name, None)
+    require(callable(fn), f"{target} has no callable {name!r} (model factory {spec!r})")
+    return fn
 
 
+def _call_factory(spec: str, kwargs: dict, seed: int | None) -> nn.Module:
+    fn = _import_factory(spec)
+    try:
+        if seed is None:
+            net = fn(**kwargs)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = fn(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's factory
+        raise BadInput(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from None
+    require(isinstance(net, nn.Module), f"model factory {spec!r} returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def architecture(spec: str, in_channels: int, num_classes: int, image_size: tuple[int, int] | int = 28, *,
+                 seed: int | None = 0, arch_kwargs: dict | None = None, trust_code: bool = False,
+                 config_dir: str | Path | None = None) -> nn.Module:
+    """A fresh, untrained model from an architecture spec, weights initialised from ``seed``.
+
+    ``spec``: a zoo name (``cnn``, ``resnet``; built for ``in_channels``, ``num_classes``,
+    ``image_size``), a factory (``file.py:fn`` / ``package.module:fn``, called with ``arch_kwargs``;
+    runs the user's code), a transformers folder (its ``config.json``; a fresh
+    ``AutoModelForImageClassification.from_config``), or a workbench model folder (its card's arch).
+    """
+    kwargs = dict(arch_kwargs or {})
+    if spec in ZOO:
+        return build_model(spec, in_channels, num_classes, image_size, seed=seed, **kwargs)
+    if spec == TRANSFORMERS:
+        require(config_dir is not None, "a transformers architecture needs the folder holding its config.json")
+        return _transformers_fresh(Path(config_dir), seed)
+    if is_factory_spec(spec) and not Path(spec).exists():
+        return _call_factory(spec, kwargs, seed)
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "model.json").is_file():
+            card = ModelCard.from_json((path / "model.json").read_text(), str(path / "model.json"))
+            if is_factory_spec(card.arch):
+                require(trust_code, f"{path}'s card names the factory {card.arch!r}, which runs code when "
+                                    f"imported: {TRUST_HINT}")
+            return architecture(card.arch, in_channels, num_classes, image_size, seed=seed,
+                                arch_kwargs=card.arch_kwargs, trust_code=trust_code,
+                                config_dir=card.provenance.get("config_dir", path))
+        if (path / "config.json").is_file():
+            return _transformers_fresh(path, seed)
+    raise BadInput(f"unknown architecture {spec!r}: use a zoo name ({', '.join(sorted(ZOO))}), a factory "
+                   "(path/to/file.py:factory or package.module:factory), a transformers folder or a workbench "
+                   "model folder")
+
+
+# ---------------------------------------------------------------- transformers folders
+def _quiet_transformers() -> None:
+    """No progress bars or warnings from transformers on the CLI's stderr."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _transformers_config(folder: Path):
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for unusable configs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{folder}: not a usable transformers config ({first})") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    archs = list(getattr(config, "architectures", None) or [])
+    if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES or \
+            (archs and not any(a.endswith("ForImageClassification") for a in archs)):
+        what = ", ".join(archs) or config.model_type
+        raise BadInput(f"{folder} holds a transformers {what} model, not an image classifier "
+                       "(…ForImageClassification)")
+    return config
+
+
+def _transformers_fresh(folder: Path, seed: int | None) -> nn.Module:
+    from transformers import AutoModelForImageClassification
+
+    config = _transformers_config(folder)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return AutoModelForImageClassification.from_config(config)
+
+
+def _read_preprocessor(folder: Path) -> dict:
+    """mean/std/size from ``preprocessor_config.json`` (read as JSON; no image processor is built)."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        p = json.loads(path.read_text())
+        out: dict[str, Any] = {}
+        if p.get("do_normalize", True) and p.get("image_mean") is not None and p.get("image_std") is not None:
+            mean, std = p["image_mean"], p["image_std"]
+            out["mean"] = [float(v) for v in (mean if isinstance(mean, list) else [mean])]
+            out["std"] = [float(v) for v in (std if isinstance(std, list) else [std])]
+        size = p.get("size")
+        if p.get("do_resize", True) and isinstance(size, dict) and "height" in size and "width" in size:
+            out["size"] = [int(size["height"]), int(size["width"])]
+        elif p.get("do_resize", True) and isinstance(size, int):
+            out["size"] = [size, size]
+        return out
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise BadInput(f"{path}: not a valid preprocessor config ({exc})") from None
+
+
+def _load_transformers(folder: Path) -> tuple[nn.Module, ModelCard]:
+    from transformers import AutoModelForImageClassification
+
+    config = _transformers_config(folder)
+    has_weights = any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin",
+                                                       "model.safetensors.index.json"))
+    require(has_weights, f"{folder} has a config.json but no weights (model.safetensors)")
+    try:
+        net, info = AutoModelForImageClassification.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInput(f"{folder}: cannot load the transformers model ({first})") from None
+    missing = list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        what = (f"missing {missing[:4]}" if missing else "") + (f" mismatched {mismatched[:2]}" if mismatched else "")
+        raise BadInput(f"{folder}: its weights do not fit its config ({what.strip()}); a model whose classifier "
+                       "was never trained is not an image classifier to audit")
+    pre = _read_preprocessor(folder)
+    channels = int(getattr(config, "num_channels", 3))
+    size = getattr(config, "image_size", None)
+    hw = tuple(pre["size"]) if "size" in pre else ((int(size), int(size)) if isinstance(size, int) else
+                                                   tuple(int(s) for s in size) if size else None)
+    labels = getattr(config, "id2label", None) or {}
+    names = [str(labels.get(i, labels.get(str(i), i))) for i in range(int(config.num_labels))]
+    card = ModelCard(TRANSFORMERS, (channels, *hw) if hw else None, names, preprocess=pre,
+                     provenance={"config_dir": str(folder.resolve()), "transformers_class": type(net).__name__})
+    return net, card
+
+
+# ---------------------------------------------------------------- weights
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -211,127 +389,185 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
             raise BadInput(f"{path} does not hold a state dict (a mapping of names to tensors)")
         return obj
-    raise BadInput(f"unsupported model file {path}: use a saved model directory, .safetensors, .pt/.pth "
-                   "(state dict) or a TorchScript archive")
+    raise BadInput(f"unsupported weights file {path}: use .safetensors or a .pt/.pth state dict")
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = [], []
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise BadInput(f"{source} does not fit the architecture: missing {missing[:6]}"
-                       f"{'...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}"
-                       f"{'...' if len(unexpected) > 6 else ''}")
+        first = (f"the architecture's {missing[0]} {tuple(own[missing[0]].shape)} is missing" if missing else
+                 f"{unexpected[0]} {tuple(state[unexpected[0]].shape)} is not in the architecture")
+        raise BadInput(f"{source} does not fit the architecture: {first} ({len(missing)} missing, "
+                       f"{len(unexpected)} unexpected keys; missing {missing[:4]}, unexpected {unexpected[:4]})")
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:
         k = bad[0]
-        raise BadInput(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the architecture expects "
-                       f"{tuple(own[k].shape)}")
+        raise BadInput(f"{source} does not fit the architecture: tensor {k} has shape {tuple(state[k].shape)}, "
+                       f"the architecture expects {tuple(own[k].shape)}")
     model.load_state_dict(state)
     return model
 
 
-def load_model(path: str | Path, *, arch: str | None = None, input_shape: tuple[int, int, int] | None = None,
-               class_names: list[str] | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a saved model directory, a state dict (.safetensors/.pt/.pth) or a TorchScript archive.
+def _torchscript(path: Path, trust_code: bool) -> nn.Module:
+    require(trust_code, f"{path} is a TorchScript archive: loading it runs the code stored in the file "
+                        f"(TorchScript is code, not weights), so it is refused; {TRUST_HINT}. Even then it "
+                        "serves only what needs no layer hooks (smoothing, accuracy); for everything else save a "
+                        "state dict (.safetensors) and give its factory (file.py:factory), or use save_pretrained")
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise BadInput(f"cannot load TorchScript archive {path}: {exc}") from None
 
-    A bare state dict needs its architecture: a ``model.json`` beside it (same stem ``X.json`` or
-    ``model.json``), or ``arch``, ``input_shape`` and ``class_names`` given here.
+
+# ---------------------------------------------------------------- save / load
+def save_model(model, directory: str | Path, card: ModelCard) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` (+ ``config.json`` for transformers models) into
+    ``directory``, each atomically, so that :func:`load_model` rebuilds the same model.
+
+    ``card.arch`` must say how to rebuild the architecture: a zoo name, a factory spec
+    (``path/to/file.py:factory``; stored with its absolute path) or, for a transformers model,
+    anything (it becomes ``transformers`` and the model's config is saved beside the weights).
+    The adapter's normalisation and resize go into ``card.preprocess``.
     """
-    path = Path(path)
-    if not path.exists():
-        raise BadInput(f"model not found: {path}")
-    if path.is_dir():
-        weights = path / "model.safetensors"
-        require(weights.exists(), f"{path} is a folder without model.safetensors")
-        card_path = path / "model.json"
+    from safetensors.torch import save_file
+
+    adapter = model if isinstance(model, ModelAdapter) else None
+    net = unwrap(model)
+    require(isinstance(net, nn.Module) and not isinstance(net, torch.jit.ScriptModule),
+            "only nn.Module models can be saved as weights (a TorchScript archive or a callable cannot)")
+    directory = Path(directory)
+    card = replace(card)
+    config = getattr(net, "config", None)
+    if config is not None and hasattr(config, "to_json_string") and hasattr(net, "save_pretrained"):
+        card.arch = TRANSFORMERS
+        card.provenance = {k: v for k, v in card.provenance.items() if k != "config_dir"}
+    elif is_factory_spec(card.arch) and card.arch.rsplit(":", 1)[0].endswith(".py"):
+        target, name = card.arch.rsplit(":", 1)
+        card.arch = f"{Path(target).expanduser().resolve()}:{name}"
     else:
-        weights = path
-        card_path = next((p for p in (path.with_suffix(".json"), path.parent / "model.json") if p.exists()), None)
-    if not path.is_dir() and _is_torchscript(path):
-        try:
-            model = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError) as exc:
-            raise BadInput(f"cannot load TorchScript archive {path}: {exc}") from None
-        card = ModelCard.from_json(card_path.read_text(), str(card_path)) if card_path else None
-        if card is None:
-            require(input_shape is not None and class_names is not None,
-                    f"{path} is TorchScript without a model.json: give input_shape and class_names")
-            card = ModelCard("torchscript", tuple(input_shape), list(class_names))
-        return LoadedModel(model.to(device).eval(), card, str(path))
-    if card_path is not None and card_path.exists():
+        require(card.arch in ZOO or is_factory_spec(card.arch),
+                f"cannot save a model whose card says arch={card.arch!r}: say how to rebuild it, with a zoo name "
+                f"({', '.join(sorted(ZOO))}) or a factory spec (card.arch = 'path/to/file.py:factory' or "
+                "'package.module:factory', card.arch_kwargs = its keyword arguments)")
+    if adapter is not None and not card.preprocess:
+        pre: dict[str, Any] = {}
+        if adapter.normalize is not None:
+            pre["mean"] = adapter.normalize.mean.flatten().tolist()
+            pre["std"] = adapter.normalize.std.flatten().tolist()
+        if adapter.resize is not None:
+            pre["size"] = list(adapter.resize.size)
+        card.preprocess = pre
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    if card.arch == TRANSFORMERS:
+        atomic_write_text(directory / "config.json", config.to_json_string())
+    atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write_text(directory / "model.json", card.to_json())
+    return directory
+
+
+def _card_beside(path: Path) -> Path | None:
+    return next((p for p in (path.with_suffix(".json"), path.parent / "model.json") if p.is_file()), None)
+
+
+def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_code: bool = False,
+               arch: str | None = None, arch_kwargs: dict | None = None,
+               input_shape: tuple[int, int, int] | None = None, class_names: list[str] | None = None,
+               device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model from a spec (see the module docstring); returns a :class:`LoadedModel`.
+
+    ``weights``: the state dict for a factory spec. ``arch`` (a zoo name or factory spec),
+    ``input_shape`` and ``class_names`` describe a bare weights file that has no ``model.json`` beside it.
+    ``trust_code`` allows what runs code stored with the model: TorchScript archives and cards that
+    name a factory.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if is_factory_spec(text) and not path.exists():
+        require(weights is not None, f"the factory {text!r} builds an architecture: give its trained weights "
+                                     "(--weights W.safetensors)")
+        wpath = Path(weights)
+        require(wpath.is_file(), f"weights not found: {wpath}")
+        net = _call_factory(text, dict(arch_kwargs or {}), seed=None)
+        _load_into(net, _read_state_dict(wpath), str(wpath))
+        names = list(class_names) if class_names is not None else []
+        card = ModelCard(text, tuple(input_shape) if input_shape else None, names, dict(arch_kwargs or {}),
+                         provenance={"weights": str(wpath)})
+        return _ready(net, card, f"{text} + {wpath}", text, device)
+    if text in ZOO and not path.exists():
+        raise BadInput(f"{text!r} names a zoo architecture, not a trained model: train one first "
+                       f"(workbench train --model {text} --out runs/{text}) and pass its folder")
+    if not path.exists():
+        raise BadInput(f"model not found: {path} (a model is a workbench folder, a transformers folder, a weights "
+                       "file with its model.json, or a factory spec path/to/file.py:factory with --weights)")
+    if path.is_dir():
+        if (path / "model.json").is_file():
+            card = ModelCard.from_json((path / "model.json").read_text(), str(path / "model.json"))
+            wfile = path / "model.safetensors"
+            require(wfile.is_file(), f"{path} has a model.json but no model.safetensors")
+            return _from_card(card, wfile, path, trust_code, device)
+        if (path / "config.json").is_file():
+            net, card = _load_transformers(path)
+            return _ready(net, card, str(path), str(path), device)
+        raise BadInput(f"{path} is a folder without model.json (a workbench model) or config.json (a transformers "
+                       "model)")
+    if _is_torchscript(path):
+        net = _torchscript(path, trust_code)
+        card_path = _card_beside(path)
+        if card_path is not None:
+            card = ModelCard.from_json(card_path.read_text(), str(card_path))
+        else:
+            card = ModelCard("torchscript", tuple(input_shape) if input_shape else None,
+                             list(class_names) if class_names else [])
+        return _ready(net, card, str(path), None, device)
+    require(path.suffix.lower() in WEIGHT_SUFFIXES,
+            f"unsupported model file {path}: use a workbench or transformers folder, a weights file "
+            "(.safetensors, .pt/.pth state dict) with its model.json, or a factory spec")
+    card_path = _card_beside(path)
+    if card_path is not None and arch is None:
         card = ModelCard.from_json(card_path.read_text(), str(card_path))
     else:
-        require(arch is not None and input_shape is not None and class_names is not None,
-                f"{path} has no model.json beside it: give arch, input_shape and class_names "
-                f"(zoo: {', '.join(sorted(ZOO))})")
-        card = ModelCard(arch, tuple(input_shape), list(class_names))
-    state = _read_state_dict(weights)
-    model = build_model(card.arch, card.input_shape[0], card.num_classes, card.input_shape[1:], seed=None,
-                        **card.arch_kwargs)
-    _load_into(model, state, str(weights))
-    return LoadedModel(model.to(device).eval(), card, str(path))
+        require(arch is not None, f"{path} has no model.json beside it: give its architecture (a zoo name: "
+                                  f"{', '.join(sorted(ZOO))}, or a factory spec) and input shape and class names")
+        require(input_shape is not None and class_names is not None or is_factory_spec(arch),
+                f"{path}: give input_shape and class_names for a zoo architecture")
+        card = ModelCard(arch, tuple(input_shape) if input_shape else None,
+                         list(class_names) if class_names else [], dict(arch_kwargs or {}))
+    return _from_card(card, path, path.parent, trust_code or card_path is None, device)
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_modules() if n]
+def _from_card(card: ModelCard, weights: Path, folder: Path, trust_code: bool, device) -> LoadedModel:
+    if is_factory_spec(card.arch):
+        require(trust_code, f"{folder}'s model.json names the factory {card.arch!r}: loading it imports and runs "
+                            f"that code; {TRUST_HINT}, or give the factory yourself (--model {card.arch} --weights "
+                            f"{weights})")
+        net = _call_factory(card.arch, card.arch_kwargs, seed=None)
+    elif card.arch == TRANSFORMERS:
+        require((folder / "config.json").is_file(), f"{folder}: a transformers model card needs config.json beside it")
+        net = _transformers_fresh(folder, seed=None)
+        card.provenance["config_dir"] = str(folder.resolve())
+    else:
+        require(card.arch in ZOO, f"{folder}: unknown architecture {card.arch!r} in the model card (the zoo has "
+                                  f"{', '.join(sorted(ZOO))}; other models name a factory: path/to/file.py:factory)")
+        require(card.input_shape is not None, f"{folder}: a zoo model card needs input_shape")
+        try:
+            net = build_model(card.arch, card.input_shape[0], card.num_classes, card.input_shape[1:], seed=None,
+                              **card.arch_kwargs)
+        except TypeError as exc:
+            raise BadInput(f"{folder}: the card's arch_kwargs do not fit {card.arch} ({exc})") from None
+    _load_into(net, _read_state_dict(weights), str(weights))
+    spec = card.arch if card.arch != TRANSFORMERS else str(folder)
+    return _ready(net, card, str(folder if weights.name == "model.safetensors" else weights), spec, device)
 
 
-def get_layer(model: nn.Module, layer: str | nn.Module) -> nn.Module:
-    """The submodule named ``layer`` (e.g. ``"layer2.1.conv1"``); the error lists the valid names."""
-    if isinstance(layer, nn.Module):
-        require(any(m is layer for m in model.modules()), "the given layer module is not part of the model")
-        return layer
-    modules = dict(model.named_modules())
-    if layer in modules and layer != "":
-        return modules[layer]
-    raise BadInput(f"unknown layer {layer!r}; valid layers: {', '.join(layer_names(model))}")
+def _ready(net, card: ModelCard, source: str, spec: str | None, device) -> LoadedModel:
+    from .training import resolve_device
 
-
-def layer_name_of(model: nn.Module, module: nn.Module) -> str:
-    for n, m in model.named_modules():
-        if m is module:
-            return n
-    raise BadInput("the given layer module is not part of the model")
-
-
-@dataclass
-class LayerInfo:
-    name: str
-    type: str
-    output_shape: tuple[int, ...] | None
-    parameters: int
-
-
-def describe_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerInfo]:
-    """Every named layer with its type, output shape (one forward on zeros) and parameter count."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _i, out, name=name):
-            if isinstance(out, torch.Tensor):
-                shapes[name] = tuple(out.shape[1:])
-
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            model(torch.zeros(1, *input_shape, device=device))
-            model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    return [LayerInfo(n, type(m).__name__, shapes.get(n), sum(p.numel() for p in m.parameters(recurse=False)))
-            for n, m in model.named_modules() if n]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    dev = resolve_device(device)
+    kwargs = card.adapter_kwargs()
+    adapter = as_model(net, **kwargs, input_shape=card.input_shape)
+    adapter = adapter.to(dev).eval()
+    return LoadedModel(adapter, card, source, spec)

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ImageDataset, load_dataset, train_test_split
+from .adapter import as_model, model_device
+from .data import ImageDataset, as_dataset, fingerprint, train_test_split
 from .errors import BadInput, require
-from .models import ModelCard, build_model
+from .models import ModelCard, architecture
 
 Progress = Callable[[float, str], None]
 #: A batch transform ``(x, y, generator) -> (x, y)``, applied to training batches only.
@@ -99,10 +100,11 @@ class FitHistory:
 
 
 def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(data, ImageDataset):
-        return data.images, data.labels
-    x, y = data
-    return torch.as_tensor(x), torch.as_tensor(y)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data) \
+            and data[0].is_floating_point():
+        return data[0], data[1]  # ready tensors (also non-image inputs and soft labels)
+    ds = as_dataset(data)
+    return ds.images, ds.labels
 
 
 def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor], *, epochs: int = 6,
@@ -123,6 +125,7 @@ def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor]
     require(schedule in ("onecycle", "constant"), f"unknown schedule {schedule!r}")
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
+    model = as_model(model) if not isinstance(model, nn.Module) or _needs_adapter(model) else model
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
@@ -164,12 +167,17 @@ def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor]
     return hist
 
 
+def _needs_adapter(model: nn.Module) -> bool:
+    """Modules whose output may not be a logits tensor (transformers models) go through the adapter."""
+    return hasattr(model, "config") and hasattr(model, "save_pretrained")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512,
                    device: str | torch.device | None = None) -> torch.Tensor:
     """Logits for every image (eval mode, batched); returned on the CPU."""
-    dev = resolve_device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    model = as_model(model)
+    dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     out = [model(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)]
@@ -196,6 +204,9 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
 
 def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
              device: str | torch.device | None = None) -> Evaluation:
+    """Accuracy and confusion matrix of ``model`` on ``data`` (any form :func:`~workbench.data.as_dataset`
+    takes)."""
+    data = as_dataset(data)
     preds = predict_logits(model, data.images, batch_size=batch_size, device=device).argmax(1)
     return Evaluation(accuracy=float((preds == data.labels).float().mean()),
                       confusion=confusion_matrix(data.labels, preds, data.num_classes), n=len(data))
@@ -220,31 +231,36 @@ def default_epochs(arch: str) -> int:
 def train_classifier(data: str | ImageDataset = "mnist10k", arch: str = "cnn", *, epochs: int | None = None,
                      seed: int = 0, test_fraction: float = 0.2, device: str | torch.device | None = "cpu",
                      augment: bool = True, batch_size: int | None = None, lr: float = 3e-3,
-                     transform: BatchTransform | None = None, progress: Progress | None = None) -> TrainedClassifier:
-    """Load ``data`` (a spec or a dataset), split it (seeded, stratified), train a zoo model, evaluate it."""
-    ds = load_dataset(data) if isinstance(data, str) else data
+                     transform: BatchTransform | None = None, progress: Progress | None = None,
+                     trust_code: bool = False) -> TrainedClassifier:
+    """Load ``data`` (a spec, a dataset, tensors, a torch Dataset), split it (seeded, stratified), train a
+    fresh ``arch`` (a zoo name, a factory spec or a transformers folder) and evaluate it."""
+    ds = as_dataset(data)
     train, test = train_test_split(ds, test_fraction, seed)
     return train_on_split(train, test, arch, epochs=epochs, seed=seed, device=device, augment=augment,
                           batch_size=batch_size, lr=lr, transform=transform, progress=progress,
                           data_spec=data if isinstance(data, str) else ds.name,
-                          extra_provenance={"test_fraction": test_fraction})
+                          extra_provenance={"test_fraction": test_fraction, "data_fingerprint": fingerprint(ds)},
+                          trust_code=trust_code)
 
 
 def train_on_split(train: ImageDataset, test: ImageDataset, arch: str = "cnn", *, epochs: int | None = None,
                    seed: int = 0, device: str | torch.device | None = "cpu", augment: bool = True,
                    batch_size: int | None = None, lr: float = 3e-3, transform: BatchTransform | None = None,
                    progress: Progress | None = None, data_spec: str | None = None,
-                   extra_provenance: dict | None = None) -> TrainedClassifier:
-    """Train a fresh zoo model on ``train`` (e.g. a poisoned training set) and evaluate it on ``test``.
+                   extra_provenance: dict | None = None, trust_code: bool = False) -> TrainedClassifier:
+    """Train a fresh model on ``train`` (e.g. a poisoned training set) and evaluate it on ``test``.
 
-    ``augment`` adds small random shifts; ``transform`` (e.g. :func:`gaussian_noise`) runs after it.
+    ``arch`` is a zoo name, a factory spec (``file.py:fn``) or a transformers folder (see
+    :func:`workbench.models.architecture`). ``augment`` adds small random shifts; ``transform`` (e.g.
+    :func:`gaussian_noise`) runs after it.
     """
     require(train.input_shape == test.input_shape,
             f"train images are {train.input_shape} but test images are {test.input_shape}")
     epochs = epochs or default_epochs(arch)
     # At least ~40 steps an epoch, so small datasets (digits: 1,437 training images) still converge.
     batch_size = batch_size or int(min(128, max(16, len(train) // 40)))
-    model = build_model(arch, train.channels, train.num_classes, train.image_size, seed=seed)
+    model = architecture(arch, train.channels, train.num_classes, train.image_size, seed=seed, trust_code=trust_code)
     shift = max(1, min(train.image_size) // 14)
     hist = fit(model, train, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr,
                transform=compose(random_shift(shift) if augment else None, transform), progress=progress)

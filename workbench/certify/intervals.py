@@ -30,13 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adapter import ModelAdapter, Normalize, Resize, as_model, model_device
 from ..errors import BadInput, require
 from ..models import BasicBlock, SmallCNN, SmallResNet
 from ..training import FitHistory, fit, resolve_device
 from .results import ABSTAIN, CertificationResult
 
 Progress = Callable[[float, str], None]
-MONOTONE = (nn.ReLU, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
+# Resize (bilinear, non-negative weights) and Normalize (per-channel (x − m)/s, s > 0) are the adapter's
+# pixel-space preprocessing: monotone non-decreasing maps, so bounds go through them end to end.
+MONOTONE = (nn.ReLU, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout,
+            Resize, Normalize)
 AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
 CONTAINERS = (nn.Sequential, SmallCNN, SmallResNet)
 SUPPORTED_NAMES = ("Linear, Conv2d, ReLU, Flatten, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d, "
@@ -53,7 +57,13 @@ def layer_plan(model: nn.Module) -> list[tuple[str, nn.Module]]:
     plan: list[tuple[str, nn.Module]] = []
 
     def visit(name: str, mod: nn.Module) -> None:
-        if isinstance(mod, CONTAINERS):
+        if isinstance(mod, ModelAdapter):
+            require(mod.inner is not None and mod._fn is None,
+                    "interval bound propagation needs the model's modules, not a callable")
+            for i, pre in enumerate(mod.preprocess):
+                plan.append((f"<preprocess {i}: {type(pre).__name__}>", pre))
+            visit("", mod.inner)
+        elif isinstance(mod, CONTAINERS):
             for child, sub in mod.named_children():
                 visit(f"{name}.{child}" if name else child, sub)
         elif isinstance(mod, BasicBlock):
@@ -184,9 +194,9 @@ def certify(model: nn.Module, images: torch.Tensor, eps: float | list[float], *,
     require(len(grid) > 0, "give at least one epsilon")
     require(images.ndim == 4 and images.shape[0] > 0,
             f"images must be a non-empty N×C×H×W batch, got shape {tuple(images.shape)}")
+    model = as_model(model)
     layer_plan(model)  # unsupported layers fail before any work
-    dev = resolve_device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
+from ..adapter import ModelAdapter, as_model, model_device
 from ..errors import check_in_range, require
 from ..training import resolve_device
 from .results import ABSTAIN, CertificationResult
@@ -56,6 +57,11 @@ def check_params(sigma: float | None = None, n0: int | None = None, n: int | Non
 def inference_copy(model: nn.Module) -> tuple[nn.Module, bool]:
     """An eval-mode copy with each Conv2d+BatchNorm pair folded into one convolution (``torch.fx``
     fusion; logits agree to ~1e-7) for channels-last inputs; ``(model, False)`` if it cannot be traced."""
+    if isinstance(model, ModelAdapter):  # fuse the wrapped module; the adapter's preprocessing stays as it is
+        if model.inner is None or model._fn is not None:
+            return model, False
+        inner, ok = inference_copy(model.inner)
+        return (model.with_inner(inner), True) if ok else (model, False)
     try:
         from torch.fx.experimental.optimization import fuse
 
@@ -80,8 +86,7 @@ def sample_counts(model: nn.Module, images: torch.Tensor, num: int, sigma: float
     """
     check_params(sigma=sigma, n=num, batch_size=batch_size)
     require(images.ndim == 4, f"images must be N×C×H×W, got shape {tuple(images.shape)}")
-    dev = resolve_device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    dev = resolve_device(device) if device is not None else model_device(model)
     gen = generator if generator is not None else torch.Generator(device=dev).manual_seed(0)
     was_training = model.training
     model.eval()
@@ -181,8 +186,8 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
     check_params(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
     require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
             f"got shape {tuple(images.shape)}")
-    dev = resolve_device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    model = as_model(model)
+    dev = resolve_device(device) if device is not None else model_device(model)
     t0 = time.perf_counter()
     gen = torch.Generator(device=dev).manual_seed(seed)
     span0 = n0 / (n0 + n)
@@ -204,8 +209,8 @@ def predict(model: nn.Module, images: torch.Tensor, sigma: float, *, n: int = 10
             fuse: bool = True, progress: Progress | None = None) -> CertificationResult:
     """The smoothed classifier's PREDICT on every input (no radius: ``radii`` are 0)."""
     check_params(sigma=sigma, n=n, alpha=alpha, batch_size=batch_size)
-    dev = resolve_device(device) if device is not None else next(
-        (p.device for p in model.parameters()), torch.device("cpu"))
+    model = as_model(model)
+    dev = resolve_device(device) if device is not None else model_device(model)
     t0 = time.perf_counter()
     gen = torch.Generator(device=dev).manual_seed(seed)
     fast, cl = inference_copy(model) if fuse else (model, False)

@@ -44,6 +44,16 @@ def _global(debug: bool = typer.Option(False, "--debug", help="Show tracebacks o
 
 DataOpt = typer.Option("mnist10k", "--data", "-d",
                        help="Dataset spec: mnist10k, digits, npz:PATH, folder:PATH, idx:IMAGES,LABELS.")
+MODEL_HELP = ("Trained model: a workbench folder (model.json + model.safetensors), a transformers folder "
+              "(save_pretrained), a weights file with its model.json, or path/to/file.py:factory (or "
+              "package.module:factory) with --weights. A factory spec imports and runs that file's code.")
+ARCH_HELP = ("Architecture to train: a zoo name (cnn, resnet), path/to/file.py:factory or package.module:factory "
+             "(imports and runs that code), or a transformers folder (its config.json).")
+WeightsOpt = typer.Option(None, "--weights", help="Trained weights (.safetensors or a .pt state dict) for a "
+                                                  "factory --model.")
+TrustOpt = typer.Option(False, "--trust-code", help="Allow models that run code stored with them: TorchScript "
+                                                    "archives and model cards that name a factory. Off by default; "
+                                                    "use it only for files you trust.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice.")
 
@@ -67,3 +77,14 @@ def echo_json(obj) -> None:
 def done(paths: dict[str, Path]) -> None:
     for kind, p in paths.items():
         console.print(f"[green]wrote[/green] {kind}: {p}")
+
+
+def open_model(spec: str, data=None, *, weights: Path | None = None, trust_code: bool = False,
+               device: str = "cpu", what: str | None = None):
+    """Load ``--model`` and, with ``data`` (an ImageDataset), check it fits: the library's one call."""
+    from ..models import load_model
+
+    loaded = load_model(spec, weights=weights, trust_code=trust_code, device=device)
+    if data is None:
+        return loaded
+    return loaded.bind(data.input_shape, data.num_classes, data.class_names, what=what or data.name)

@@ -7,22 +7,25 @@ from pathlib import Path
 import typer
 
 from ..errors import BadInput, require
-from .base import DataOpt, DeviceOpt, SeedOpt, app, attack_app, console, done, progress_bar
-
-
-def _test_inputs(data: str, limit: int, test_fraction: float, seed: int):
-    from ..data import load_dataset, train_test_split
-
-    ds = load_dataset(data)
-    _, test = train_test_split(ds, test_fraction, seed)
-    if 0 < limit < len(test):
-        test = test.sample(limit, seed)
-    return test
+from .base import (
+    MODEL_HELP,
+    DataOpt,
+    DeviceOpt,
+    SeedOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    attack_app,
+    console,
+    done,
+    open_model,
+    progress_bar,
+)
 
 
 @app.command()
-def certify(model: Path = typer.Option(..., "--model", "-m", help="Saved model folder or file."),
-            data: str = DataOpt,
+def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+            data: str = DataOpt, weights: Path = WeightsOpt, trust_code: bool = TrustOpt,
             method: str = typer.Option("smoothing", "--method", help="smoothing (L2) or ibp (L∞)."),
             sigma: float = typer.Option(0.25, "--sigma", help="Smoothing noise level σ (> 0)."),
             n0: int = typer.Option(100, "--n0", help="Smoothing: selection samples."),
@@ -30,22 +33,30 @@ def certify(model: Path = typer.Option(..., "--model", "-m", help="Saved model f
             alpha: float = typer.Option(0.001, "--alpha", help="Smoothing: failure probability in (0, 1)."),
             eps: float = typer.Option(0.05, "--eps", help="IBP: L∞ radius ε (>= 0)."),
             limit: int = typer.Option(200, "--limit", help="Certify at most this many test images (0 = all)."),
-            test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out share (as in training)."),
             batch_size: int = typer.Option(1000, "--batch-size", help="Rows per forward pass."),
             out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="Folder for the report."),
             fail_abstain: float = typer.Option(None, "--fail-abstain",
                                                help="Exit 3 if the abstain rate exceeds this share."),
-            seed: int = SeedOpt, device: str = DeviceOpt) -> None:
-    """Certify a model's test predictions; report accuracy, abstain rate, certified accuracy vs radius, ACR."""
+            seed: int = typer.Option(0, "--seed", help="Seed of the smoothing noise and of the --limit sample "
+                                                       "(the test split is the model's own, from its card)."),
+            device: str = DeviceOpt) -> None:
+    """Certify a model's held-out predictions; report accuracy, abstain rate, certified accuracy vs radius, ACR.
+
+    The images certified are the model's own held-out split when its card records one (the same seeded
+    split as its training run), else every image of --data; --seed never changes the split.
+    """
     from ..certify import certify_ibp, certify_smoothing
-    from ..models import load_model
+    from ..data import held_out, load_dataset
     from ..report import write_report
 
     require(method in ("smoothing", "ibp"), f"unknown method {method!r}; use smoothing or ibp")
-    loaded = load_model(model, device=device)
-    test = _test_inputs(data, limit, test_fraction, seed)
-    require(tuple(loaded.card.input_shape) == tuple(test.input_shape),
-            f"the model takes inputs {tuple(loaded.card.input_shape)} but {data} has {tuple(test.input_shape)}")
+    ds = load_dataset(data)
+    loaded = open_model(model, ds, weights=weights, trust_code=trust_code, device=device, what=data)
+    split = held_out(ds, loaded.card.provenance)
+    test = split.data
+    if 0 < limit < len(test):
+        test = test.sample(limit, seed)
+    console.print(f"certifying {len(test)} images: {split.note}")
     with progress_bar(f"certifying with {method}") as progress:
         if method == "smoothing":
             res = certify_smoothing(loaded.model, test.images, sigma, n0=n0, n=n, alpha=alpha, labels=test.labels,
@@ -57,6 +68,7 @@ def certify(model: Path = typer.Option(..., "--model", "-m", help="Saved model f
             res = certify_ibp(loaded.model, test.images, [eps], labels=test.labels, device=device, progress=progress)
             curve = certify_ibp(loaded.model, test.images, grid, labels=test.labels, device=device)
             res.extra["curve_radii"], res.extra["curve_accuracy"] = curve.certified_curve(grid)
+    res.params["images"] = split.note
     paths = write_report(res, out, title=f"Certification ({method}) of {model} on {data}")
     console.print(f"accuracy {100 * res.accuracy:.1f}% · abstain {100 * res.abstain_rate:.1f}% · "
                   f"ACR {res.average_certified_radius:.3f} on {len(res)} inputs ({res.seconds:.1f} s)")

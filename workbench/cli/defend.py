@@ -11,7 +11,21 @@ import typer
 from ..atomic import atomic_write_text
 from ..errors import BadInput, require
 from ..report import write_report
-from .base import DataOpt, DeviceOpt, SeedOpt, app, console, defend_app, done, progress_bar
+from .base import (
+    ARCH_HELP,
+    MODEL_HELP,
+    DataOpt,
+    DeviceOpt,
+    SeedOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    defend_app,
+    done,
+    open_model,
+    progress_bar,
+)
 
 
 @defend_app.command("nab")
@@ -28,7 +42,7 @@ def nab(data: str = DataOpt,
                                    "(nearest class centre in SimCLR feature space)."),
         alpha: float = typer.Option(0.15, "--alpha", help="Blend strength of the blended attack."),
         epochs: int = typer.Option(0, "--epochs", help="Training epochs (0 = the architecture's default)."),
-        arch: str = typer.Option("cnn", "--arch", help="Zoo architecture: cnn or resnet."),
+        arch: str = typer.Option("cnn", "--arch", help=ARCH_HELP),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                        help="Also run the remove-detected-and-retrain baseline."),
         out: Path = typer.Option(Path("runs/nab"), "--out", "-o", help="Folder for the report and NAB model."),
@@ -79,14 +93,17 @@ def _read_indices(path: Path) -> np.ndarray:
 
 @app.command("detect")
 def detect_cmd(data: str = DataOpt,
-               model: Path = typer.Option(None, "--model", "-m", help="Model trained on the suspected data "
-                                          "(needed by spectral and ac; lga trains its own)."),
+               model: str = typer.Option(None, "--model", "-m", help="Model trained on the suspected data (needed "
+                                         "by spectral and ac; lga trains a fresh copy of its architecture). "
+                                         + MODEL_HELP),
+               weights: Path = WeightsOpt, trust_code: bool = TrustOpt,
                method: str = typer.Option("lga", "--method", help="lga, spectral or ac."),
                ratio: float = typer.Option(0.05, "--ratio", help="Isolation ratio, in (0, 0.5]."),
                layer: str = typer.Option(None, "--layer", help="Feature layer (default: penultimate; "
                                          "head-input: the input of the first fully connected layer)."),
                lga_epochs: int = typer.Option(2, "--lga-epochs", help="Flooded-loss epochs of LGA."),
-               arch: str = typer.Option("cnn", "--arch", help="Zoo architecture LGA trains."),
+               arch: str = typer.Option("cnn", "--arch", help="Architecture LGA trains when no --model is given. "
+                                        + ARCH_HELP),
                truth: Path = typer.Option(None, "--truth", help="Known poisoned indices (.npy or text) to score "
                                           "precision, recall and AUROC."),
                out: Path = typer.Option(Path("runs/detect"), "--out", "-o", help="Folder for the report."),
@@ -95,19 +112,23 @@ def detect_cmd(data: str = DataOpt,
     from defenses.detectors import check_ratio, detect, summarize_detection
 
     from ..data import load_dataset
-    from ..models import load_model
 
     check_ratio(ratio)
     method = method.lower()
     ds = load_dataset(data)
     net = None
     if model is not None:
-        loaded = load_model(model, device=device)
-        require(tuple(loaded.card.input_shape) == tuple(ds.input_shape),
-                f"the model takes inputs {tuple(loaded.card.input_shape)} but the data has {tuple(ds.input_shape)}")
+        loaded = open_model(model, ds, weights=weights, trust_code=trust_code, device=device, what=data)
         net = loaded.model
+        if method == "lga":
+            require(loaded.spec is not None, f"LGA trains a fresh copy of the model's architecture, which cannot be "
+                                             f"rebuilt from {model} ({loaded.card.arch}); give --arch instead")
+            arch = loaded
     elif method in ("spectral", "ac"):
         raise BadInput(f"--method {method} needs --model, a model trained on the suspected data")
+    elif method == "lga":
+        console.print(f"LGA trains a fresh {arch} on the data (no --model given; pass --model to train your "
+                      "own architecture)")
     idx = _read_indices(truth) if truth is not None else None
     if idx is not None:
         require(len(idx) == 0 or (idx.min() >= 0 and idx.max() < len(ds)),

@@ -8,10 +8,21 @@ import typer
 
 from ..data import load_dataset, stratified_subset
 from ..errors import BadInput, require
-from ..models import load_model
 from ..report import write_report
 from ..training import resolve_device
-from .base import DataOpt, DeviceOpt, SeedOpt, app, console, done, progress_bar
+from .base import (
+    MODEL_HELP,
+    DataOpt,
+    DeviceOpt,
+    SeedOpt,
+    TrustOpt,
+    WeightsOpt,
+    app,
+    console,
+    done,
+    open_model,
+    progress_bar,
+)
 
 
 def _split(text: str) -> list[str]:
@@ -26,8 +37,8 @@ def _pick(ds, n: int, seed: int):
 
 
 @app.command()
-def saliency(model: Path = typer.Option(..., "--model", "-m", help="Saved model folder or file."),
-             data: str = DataOpt,
+def saliency(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+             data: str = DataOpt, weights: Path = WeightsOpt, trust_code: bool = TrustOpt,
              methods: str = typer.Option("gradcam,eigencam,normgrad", "--methods",
                                          help="Comma-separated: gradcam, eigencam, eigengradcam, normgrad, "
                                               "normgrad-3x3, normgrad-proper, normgrad-bias, normgrad-selective; "
@@ -48,10 +59,8 @@ def saliency(model: Path = typer.Option(..., "--model", "-m", help="Saved model 
     from ..saliency import explain
 
     dev = resolve_device(device)
-    loaded = load_model(model, device=dev)
     ds = load_dataset(data)
-    require(tuple(loaded.card.input_shape) == tuple(ds.input_shape),
-            f"the model takes inputs {tuple(loaded.card.input_shape)} but {data} has {tuple(ds.input_shape)}")
+    loaded = open_model(model, ds, weights=weights, trust_code=trust_code, device=dev, what=data)
     sub = _pick(ds, n, seed)
     meths = _split(methods)
     lays = _split(layers) or None

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
 
+from ..adapter import as_model, model_device
 from ..errors import BadInput, require
 from ..hooks import capture_layers, resolve_layers
-from ..models import describe_layers, model_device
+from ..layers import default_cam_layer, describe_layers, get_layer, spatial_layout
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
 TargetSpec = int | Sequence[int] | torch.Tensor | None
@@ -49,6 +50,8 @@ class LayerCapture:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
     target: torch.Tensor | None = None
+    #: How each layer's output was read as N×C×H×W (``nchw``, ``nhwc``, ``tokens (…)``).
+    layouts: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -64,9 +67,33 @@ def eval_mode(model: nn.Module):
 
 
 def spatial_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-    """Names of the layers whose output is N×C×H×W (the ones saliency maps can be taken at)."""
-    return [l.name for l in describe_layers(model, tuple(input_shape)) if l.output_shape is not None
-            and len(l.output_shape) == 3]
+    """Names of the layers whose output can be read as N×C×H×W (N×C×H×W, channels-last or tokens):
+    the ones saliency maps can be taken at."""
+    out = []
+    hw = tuple(input_shape[-2:])
+    for info in describe_layers(model, tuple(input_shape)):
+        if info.output_shape is None or len(info.output_shape) not in (2, 3):
+            continue
+        try:
+            spatial_layout(info.name, torch.empty(1, *info.output_shape, device="meta"), hw,
+                           get_layer(model, info.name))
+        except BadInput:
+            continue
+        out.append(info.name)
+    return out
+
+
+def resolve_default_layers(model, layers, input_shape: tuple[int, ...] | None):
+    """``layers``, or the model's default CAM layer (declared, or found on a probe of ``input_shape``)."""
+    if layers is not None:
+        return layers
+    declared = getattr(model, "default_cam_layer", None)
+    if declared:
+        return declared
+    shape = input_shape or getattr(model, "input_shape", None)
+    require(shape is not None, f"{type(model).__name__} declares no default CAM layer: name the layer(s), or give "
+                               "the input shape (as_model(model, input_shape=(C, H, W))) so one can be found")
+    return default_cam_layer(model, tuple(shape))
 
 
 def check_inputs(inputs, model: nn.Module) -> torch.Tensor:
@@ -173,9 +200,8 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
     uses_target = True
 
     def __init__(self, model: nn.Module, layers: LayerSpec = None):
-        if layers is None:
-            layers = getattr(model, "default_cam_layer", None)
-            require(layers is not None, f"{type(model).__name__} has no default CAM layer: name the layer(s)")
+        model = as_model(model)
+        layers = resolve_default_layers(model, layers, None)
         named = resolve_layers(model, layers)
         names = [n for n, _ in named]
         require(len(set(names)) == len(names), f"a layer is given twice: {names}")
@@ -209,13 +235,17 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
         return False
 
     # ---------------------------------------------------------------- capture
-    def _check_spatial(self, name: str, a: torch.Tensor | None, input_shape: tuple[int, ...]) -> None:
+    def layout_of(self, name: str, a: torch.Tensor | None, input_shape: tuple[int, ...]):
+        """How layer ``name``'s output ``a`` is read as N×C×H×W (:func:`workbench.layers.spatial_layout`)."""
         if a is None:
             raise BadInput(f"layer {name!r} did not run in the forward pass of this model")
-        if a.ndim != 4:
-            raise BadInput(f"layer {name!r} has output shape {tuple(a.shape)}: saliency maps need a "
-                           f"spatial N×C×H×W layer; spatial layers: "
-                           f"{', '.join(spatial_layers(self.model, input_shape))}")
+        module = self.layer_modules[self.layer_names.index(name)]
+        try:
+            return spatial_layout(name, a, tuple(input_shape[-2:]), module)
+        except BadInput as exc:
+            msg = str(exc).split(". Saliency maps")[0]
+            raise BadInput(f"{msg}: saliency maps need a spatial layer (N×C×H×W, N×H×W×C or tokens); spatial "
+                           f"layers: {', '.join(spatial_layers(self.model, input_shape))}") from None
 
     def capture(self, inputs: torch.Tensor, target: TargetSpec = None) -> LayerCapture:
         """One forward (eval mode) and, for gradient methods, one backward to the captured layers."""
@@ -229,20 +259,20 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
                 # below still stops at the captured layers (autograd.grad with those as inputs).
                 x = x.requires_grad_(True)
             logits = self.model(x)
-        acts = {}
+        acts, layouts = {}, {}
         for name in self.layer_names:
-            self._check_spatial(name, cap.activations.get(name), tuple(x.shape[1:]))
+            layouts[name] = self.layout_of(name, cap.activations.get(name), tuple(x.shape[1:]))
             acts[name] = cap.activations[name]
-        require(logits.ndim == 2, f"the model returns shape {tuple(logits.shape)}; expected N×classes logits")
         tgt = resolve_target(t, logits)
-        out = LayerCapture(activations=acts, logits=logits.detach(), target=tgt)
+        out = LayerCapture(activations={n: layouts[n].to_nchw(a.detach()) for n, a in acts.items()},
+                           logits=logits.detach(), target=tgt, layouts={n: str(v) for n, v in layouts.items()})
         if self.needs_layer_inputs:
             out.inputs = {n: cap.inputs[n].detach() for n in self.layer_names}
         if need_grad:
             score = logits.gather(1, tgt[:, None]).sum()
-            grads = torch.autograd.grad(score, [acts[n] for n in self.layer_names])
-            out.gradients = dict(zip(self.layer_names, grads))
-            out.activations = {n: a.detach() for n, a in acts.items()}
+            grads = torch.autograd.grad(score, [acts[n] for n in self.layer_names], allow_unused=True)
+            out.gradients = {n: layouts[n].to_nchw(g if g is not None else torch.zeros_like(acts[n]))
+                             for n, g in zip(self.layer_names, grads)}
         return out
 
     # ---------------------------------------------------------------- public API

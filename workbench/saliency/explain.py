@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapter import as_model
 from ..errors import BadInput, require
 from .base import (
     LayerSaliency,
@@ -23,6 +24,7 @@ from .base import (
     check_target_length,
     combine_maps,
     eval_mode,
+    resolve_default_layers,
     resolve_target,
     upsample,
 )
@@ -79,6 +81,8 @@ class SaliencyResult:
     randomization: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     boxes: list[list[int]] | None = None
+    #: How each layer's output was read as N×C×H×W: ``nchw``, ``nhwc`` (permuted), ``tokens (…)``.
+    layouts: dict[str, str] = field(default_factory=dict)
 
     def map(self, method: str, layer: str) -> torch.Tensor:
         return self.maps[f"{method}@{layer}"]
@@ -111,8 +115,9 @@ class SaliencyResult:
         for i, (t, p) in enumerate(zip(self.targets, self.predictions)):
             true = f"{names[self.labels[i]]}→" if self.labels is not None else ""
             cap.append(f"{true}{names[p]} (explained: {names[t]})")
+        shown = [f"{l} ({self.layouts[l]})" if self.layouts.get(l, "nchw") != "nchw" else l for l in self.layers]
         secs = [Metrics("Saliency run", {"images": len(self.images), "methods": ", ".join(self.methods),
-                                         "layers": ", ".join(self.layers),
+                                         "layers": ", ".join(shown),
                                          **{f"time {k} (s)": round(v, 3) for k, v in self.seconds.items()}})]
         if self.metrics:
             cols, rows = self.metrics_table()
@@ -154,13 +159,11 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
     With several layers each method's maps are also combined (``combine``: geometric or sum).
     """
     require(len(methods) > 0, "no saliency methods given")
-    if isinstance(layers, str):
-        layers = [layers]
-    if layers is None:
-        default = getattr(model, "default_cam_layer", None)
-        require(default is not None, f"{type(model).__name__} has no default CAM layer: name the layer(s)")
-        layers = [default]
-    layers = list(layers)
+    model = as_model(model)
+    require(isinstance(images, torch.Tensor) and images.ndim == 4,
+            f"images must be an N×C×H×W tensor, got {getattr(images, 'shape', type(images).__name__)}")
+    layers = resolve_default_layers(model, layers, tuple(images.shape[1:]))
+    layers = [layers] if isinstance(layers, str) else list(layers)
     x = check_inputs(images, model)
     n = len(x)
     t = check_target_length(target, n)
@@ -185,7 +188,9 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
         if progress is not None:
             progress(i / total, f"{mname}")
         t0 = time.perf_counter()
-        raw = method.attribute_layers(x, tgt)
+        cap = method.capture(x, tgt)
+        raw = method.maps_from(cap)
+        res.layouts.update(cap.layouts)
         res.seconds[mname] = time.perf_counter() - t0
         for lay in method.layer_names:
             res.maps[f"{mname}@{lay}"] = upsample(raw[lay], size)[:, 0].cpu()

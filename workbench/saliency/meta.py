@@ -48,8 +48,7 @@ def meta_capture(method: LayerSaliency, inputs: torch.Tensor, target: TargetSpec
     with eval_mode(model):
         with torch.no_grad(), capture_layers(model, names, detach=True) as cap:
             logits0 = functional_call(model, (params, buffers), (x,))
-        for n in names:
-            method._check_spatial(n, cap.activations.get(n), tuple(x.shape[1:]))
+        layouts = {n: method.layout_of(n, cap.activations.get(n), tuple(x.shape[1:])) for n in names}
         shapes = {n: tuple(cap.activations[n].shape[1:]) for n in names}
         tgt = resolve_target(t, logits0)
 
@@ -74,8 +73,9 @@ def meta_capture(method: LayerSaliency, inputs: torch.Tensor, target: TargetSpec
 
         onehot = F.one_hot(tgt, logits0.shape[1]).to(logits0.dtype)
         grads, acts, ins, logits = vmap(per_image)(new_params, x, onehot)
-    cap_out = LayerCapture(activations={n: acts[n].detach() for n in names},
-                           gradients={n: grads[n].detach() for n in names}, logits=logits.detach(), target=tgt)
+    cap_out = LayerCapture(activations={n: layouts[n].to_nchw(acts[n].detach()) for n in names},
+                           gradients={n: layouts[n].to_nchw(grads[n].detach()) for n in names},
+                           logits=logits.detach(), target=tgt, layouts={n: str(v) for n, v in layouts.items()})
     if method.needs_layer_inputs:
         cap_out.inputs = {n: ins[n].detach() for n in names}
     return cap_out

@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import nn
 
+from ..adapter import as_model, model_device
 from ..errors import BadInput, check_in_range, require
 from ..hooks import capture_layers
-from ..models import model_device
+from ..layers import layer_root, named_layers
 from .base import LayerSaliency, TargetSpec, check_target_length, eval_mode, resolve_target, upsample
 
 Box = tuple[int, int, int, int]
@@ -119,6 +120,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
     require(isinstance(images, torch.Tensor) and images.ndim == 4, "images must be an N×C×H×W tensor")
     require(n_steps >= 1, f"n_steps must be >= 1, got {n_steps}")
     require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    model = as_model(model)
     dev = model_device(model)
     x = images.detach().to(dev).float()
     n, c, h, w = x.shape
@@ -245,7 +247,7 @@ class RandomizationCheck:
 
 def parameter_layers_top_down(model: nn.Module, images: torch.Tensor) -> list[str]:
     """Layers owning parameters, in reverse order of execution (output first)."""
-    names = [n for n, mod in model.named_modules() if n and any(True for _ in mod.parameters(recurse=False))]
+    names = [n for n, mod in named_layers(model) if any(True for _ in mod.parameters(recurse=False))]
     require(len(names) > 0, "the model has no layers with parameters to randomise")
     with torch.no_grad(), eval_mode(model), capture_layers(model, names, detach=True) as cap:
         model(images[:1].to(model_device(model)))
@@ -257,6 +259,8 @@ def randomization_check(method: LayerSaliency, images: torch.Tensor, target: Tar
                         max_layers: int | None = None, seed: int = 0) -> RandomizationCheck:
     """Cascading model-randomization sanity check (Adebayo et al. 2018); the model is not modified."""
     model = method.model
+    require(isinstance(layer_root(model), nn.Module), "the randomization check needs the model's modules: wrap a "
+                                                      "callable with as_model(fn, module=...)")
     dev = model_device(model)
     x = images.detach().to(dev)
     size = tuple(x.shape[-2:])
@@ -269,7 +273,7 @@ def randomization_check(method: LayerSaliency, images: torch.Tensor, target: Tar
         require(max_layers >= 1, f"max_layers must be >= 1, got {max_layers}")
         order = order[:max_layers]
     work = copy.deepcopy(model)
-    mods = dict(work.named_modules())
+    mods = dict(named_layers(work))
     clone = method.clone_for(work)
     rho: dict[str, list[float]] = {n: [] for n in method.layer_names}
     for i, name in enumerate(order):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInput, require
+from ..layers import named_layers
 from .base import LayerCapture, LayerSaliency
 
 VARIANTS = ("identity", "identity3x3", "proper", "bias", "selective")
@@ -86,7 +87,7 @@ class NormGrad(LayerSaliency):
             return
         for n, m in zip(self.layer_names, self.layer_modules):
             if not isinstance(m, nn.Conv2d):
-                convs = [k for k, v in self.model.named_modules() if isinstance(v, nn.Conv2d)]
+                convs = [k for k, v in named_layers(self.model) if isinstance(v, nn.Conv2d)]
                 raise BadInput(f"proper NormGrad needs a Conv2d layer, but {n!r} is a {type(m).__name__}; "
                                f"Conv2d layers: {', '.join(convs)}")
             require(m.padding_mode == "zeros", f"proper NormGrad supports zero padding only; layer {n!r} uses "

@@ -1,0 +1,122 @@
+"""The model zoo: small, fast architectures for 1- or 3-channel images, built seeded.
+
+``cnn`` (a LeNet-style CNN with BatchNorm, 140k parameters) and ``resnet`` (a small ResNet of
+BasicBlocks, 175k parameters). Both declare ``default_cam_layer`` and ``feature_layer``, so the
+saliency methods and detectors need no layer names for them. Any other ``nn.Module`` works with the
+workbench too (see :mod:`workbench.adapter`); the zoo is what ``workbench train`` builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import require
+
+
+class SmallCNN(nn.Module):
+    """LeNet-style CNN: two blocks of two 3×3 conv+BN+ReLU and a max-pool, then a 2-layer head.
+
+    Layer names worth explaining: ``relu2`` (H/1), ``relu4`` (H/2, the default CAM layer: the last
+    conv activations before pooling); penultimate features: ``relu5`` (``width*4`` dims).
+    """
+
+    default_cam_layer = "relu4"
+    feature_layer = "relu5"
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        w = width
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv3, self.bn3, self.relu3 = nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU()
+        self.conv4, self.bn4, self.relu4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.gap = nn.AdaptiveAvgPool2d(3)
+        self.flatten = nn.Flatten()
+        self.fc1, self.relu5 = nn.Linear(2 * w * 9, 4 * w), nn.ReLU()
+        self.fc2 = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.pool1(self.relu2(self.bn2(self.conv2(x))))
+        x = self.relu3(self.bn3(self.conv3(x)))
+        x = self.pool2(self.relu4(self.bn4(self.conv4(x))))
+        x = self.relu5(self.fc1(self.flatten(self.gap(x))))
+        return self.fc2(x)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 convs with BatchNorm, identity or 1×1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A small ResNet (3 stages of 2 BasicBlocks, widths w, 2w, 4w, global average pool).
+
+    Layers are named like torchvision's (``layer2.1.conv1``); default CAM layer ``layer3``,
+    penultimate features ``flatten``.
+    """
+
+    default_cam_layer = "layer3"
+    feature_layer = "flatten"
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.relu = nn.ReLU()
+        self.layer1 = nn.Sequential(BasicBlock(w, w), BasicBlock(w, w))
+        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w))
+        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {"cnn": SmallCNN, "resnet": SmallResNet}
+#: Image sizes the zoo builds for: both nets end in adaptive pooling, so any size in this range works;
+#: compute grows with the pixel count.
+MIN_SIZE, MAX_SIZE = 8, 512
+
+
+def build_model(arch: str, in_channels: int, num_classes: int, image_size: tuple[int, int] | int = 28,
+                seed: int | None = 0, **kwargs) -> nn.Module:
+    """A fresh zoo model, its weights initialised from ``seed``."""
+    require(arch in ZOO, f"unknown model {arch!r}; the zoo has: {', '.join(sorted(ZOO))}")
+    require(isinstance(in_channels, int) and 1 <= in_channels <= 64,
+            f"zoo models take 1 to 64 input channels, got {in_channels}")
+    require(num_classes >= 2, f"need at least 2 classes, got {num_classes}")
+    hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    require(all(MIN_SIZE <= s <= MAX_SIZE for s in hw),
+            f"zoo models take images from {MIN_SIZE}×{MIN_SIZE} to {MAX_SIZE}×{MAX_SIZE}, got {hw[0]}×{hw[1]}")
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
