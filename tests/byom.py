@@ -81,11 +81,10 @@ def build_zoo(root: Path, epochs: int = 2, n_train: int = 256) -> dict:
     import json
 
     from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
 
     from workbench.adapter import as_model
     from workbench.training import fit
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     root.mkdir(parents=True, exist_ok=True)

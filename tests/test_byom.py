@@ -163,7 +163,6 @@ def test_data_forms_give_the_same_dataset():
 
 def test_library_entry_points_take_tensors_and_loaders(zoo):
     from defenses.detectors import spectral_detect
-
     from workbench.certify import certify_smoothing
     from workbench.training import evaluate
 
