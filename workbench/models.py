@@ -121,11 +121,35 @@ def build_model(arch: str, in_channels: int, num_classes: int, image_size: tuple
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     require(all(MIN_SIZE <= s <= MAX_SIZE for s in hw),
             f"zoo models take images from {MIN_SIZE}×{MIN_SIZE} to {MAX_SIZE}×{MAX_SIZE}, got {hw[0]}×{hw[1]}")
+    check_arch_kwargs(arch, in_channels, num_classes, kwargs)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
     return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dict) -> None:
+    """Refuse architecture options the constructor does not take, non-integer sizes, and a network
+    over the ``model_parameters`` limit, counted on the ``meta`` device before any weight exists
+    (a card asking for ``width: 20000`` would otherwise allocate 14 GB)."""
+    import inspect
+
+    from . import limits
+
+    ctor = ZOO[arch]
+    accepted = [p for p in inspect.signature(ctor).parameters if p not in ("self", "in_channels", "num_classes")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    require(not unknown, f"model {arch!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(accepted) or 'none'}")
+    for key, value in kwargs.items():
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"model option {key} must be an integer >= 1, got {value!r}")
+    limits.check("classes", num_classes, f"model {arch!r}: the number of classes")
+    with torch.device("meta"):
+        shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    limits.check("model_parameters", sum(p.numel() for p in shell.parameters()),
+                 f"model {arch!r} with {kwargs or 'default options'} would have a parameter count that")
 
 
 @dataclass
@@ -152,11 +176,54 @@ class ModelCard:
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:
         try:
             d = json.loads(text)
+            check_card_fields(d, source)
             return cls(arch=str(d["arch"]), input_shape=tuple(int(s) for s in d["input_shape"]),
                        class_names=[str(c) for c in d["class_names"]],
                        arch_kwargs=dict(d.get("arch_kwargs", {})), provenance=dict(d.get("provenance", {})))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except BadInput:
+            raise
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
             raise BadInput(f"{source}: not a valid model card ({exc})") from None
+
+
+def check_card_fields(d, source: str = "model card") -> None:
+    """The fields of a parsed card, checked before anything is built from them: an object with
+    ``arch`` (text), ``input_shape`` (three integers >= 1 within the image-size limit),
+    ``class_names`` (a list of 2 or more names within the classes limit), and ``arch_kwargs`` /
+    ``provenance`` objects when present."""
+    from . import limits
+
+    def need(ok: bool, why: str) -> None:
+        if not ok:
+            raise BadInput(f"{source}: not a valid model card ({why})")
+
+    need(isinstance(d, dict), f"expected a JSON object, got {type(d).__name__}")
+    missing = [k for k in ("arch", "input_shape", "class_names") if k not in d]
+    need(not missing, f"missing {', '.join(missing)}")
+    need(isinstance(d["arch"], str), "arch must be a name")
+    shape = d["input_shape"]
+    need(isinstance(shape, list) and len(shape) == 3
+         and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape),
+         f"input_shape must be three integers >= 1 (channels, height, width), got {shape!r}"[:200])
+    limits.check("image_pixels", shape[0] * shape[1] * shape[2], f"{source}: input_shape {shape}")
+    names = d["class_names"]
+    need(isinstance(names, list) and all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in names),
+         "class_names must be a list of names")
+    limits.check("classes", len(names), f"{source}: the number of class names")
+    need(len(names) >= 2, f"need at least two class names, got {len(names)}")
+    for key in ("arch_kwargs", "provenance"):
+        need(isinstance(d.get(key, {}), dict), f"{key} must be an object")
+
+
+def read_card(path: Path) -> ModelCard:
+    """A model card file (small JSON: refused over 16 MiB before it is read)."""
+    size = path.stat().st_size
+    require(size <= 16 << 20, f"{path}: {size:,} bytes is too large for a model card (a JSON file of a few KB)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not a valid model card (not UTF-8 text: {exc})") from None
+    return ModelCard.from_json(text, str(path))
 
 
 @dataclass
@@ -187,6 +254,25 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
 
 
+def _check_torch_file(path: Path) -> None:
+    """A ``.pt``/``.pth``/``.bin`` must be what ``torch.save`` writes: a zip archive (PyTorch ≥ 1.6)
+    whose members' declared sizes are within the ``data_bytes`` limit, or a legacy pickle stream."""
+    from . import limits
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                total = sum(i.file_size for i in zf.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {path}: not a valid zip archive ({exc})") from None
+        limits.check("data_bytes", total, f"{path}: the archive's members decompress to a size that")
+    elif not head.startswith(b"\x80"):
+        raise BadInput(f"{path} is not a PyTorch file (torch.save writes a zip archive; this file starts "
+                       f"with bytes {head.hex() or '(empty)'})")
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -198,14 +284,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise BadInput(f"cannot read safetensors file {path}: {exc}") from None
     if suffix in (".pt", ".pth", ".bin"):
+        _check_torch_file(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
             raise BadInput(f"refused to load {path}: it holds pickled objects other than tensors, which "
                            f"could run code ({first}). Save a state dict or use safetensors.") from None
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise BadInput(f"cannot read {path}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is bad input
+            raise BadInput(f"cannot read {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
@@ -230,6 +317,9 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         k = bad[0]
         raise BadInput(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, the architecture expects "
                        f"{tuple(own[k].shape)}")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise BadInput(f"{source}: tensor {nonfinite[0]} holds NaN or infinite values")
     model.load_state_dict(state)
     return model
 
@@ -256,14 +346,14 @@ def load_model(path: str | Path, *, arch: str | None = None, input_shape: tuple[
             model = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as exc:
             raise BadInput(f"cannot load TorchScript archive {path}: {exc}") from None
-        card = ModelCard.from_json(card_path.read_text(), str(card_path)) if card_path else None
+        card = read_card(card_path) if card_path else None
         if card is None:
             require(input_shape is not None and class_names is not None,
                     f"{path} is TorchScript without a model.json: give input_shape and class_names")
             card = ModelCard("torchscript", tuple(input_shape), list(class_names))
         return LoadedModel(model.to(device).eval(), card, str(path))
     if card_path is not None and card_path.exists():
-        card = ModelCard.from_json(card_path.read_text(), str(card_path))
+        card = read_card(card_path)
     else:
         require(arch is not None and input_shape is not None and class_names is not None,
                 f"{path} has no model.json beside it: give arch, input_shape and class_names "
