@@ -6,16 +6,18 @@ from pathlib import Path
 
 import typer
 
+from ..atomic import StagedDir
 from ..models import describe_layers, load_model, save_model
 from ..report import write_report
 from ..training import summarize, train_classifier
-from .base import DataOpt, DeviceOpt, SeedOpt, app, console, done, echo_json, progress_bar
+from .base import DataOpt, DeviceOpt, SeedOpt, app, check_out_option, console, done, echo_json, progress_bar
 
 
 @app.command()
 def train(data: str = DataOpt,
           model: str = typer.Option("cnn", "--model", "-m", help="Zoo architecture: cnn or resnet."),
-          out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Folder for the model and report."),
+          out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Folder for the model and report.",
+                                   callback=check_out_option),
           epochs: int = typer.Option(0, "--epochs", help="Training epochs (0 = the architecture's default)."),
           test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out share, stratified."),
           seed: int = SeedOpt, device: str = DeviceOpt) -> None:
@@ -23,8 +25,9 @@ def train(data: str = DataOpt,
     with progress_bar(f"training {model} on {data}") as progress:
         trained = train_classifier(data, model, epochs=epochs or None, seed=seed, test_fraction=test_fraction,
                                    device=device, progress=progress)
-    save_model(trained.model, out, trained.card)
-    paths = write_report(summarize(trained), out, title=f"Training report: {model} on {data}")
+    with StagedDir(out) as stage:  # the model and its report replace the folder as one unit
+        save_model(trained.model, stage, trained.card)
+        paths = stage.final(write_report(summarize(trained), stage, title=f"Training report: {model} on {data}"))
     console.print(f"test accuracy [bold]{100 * trained.evaluation.accuracy:.2f}%[/bold] "
                   f"({trained.history.seconds:.1f} s training)")
     done({"model": out / "model.safetensors", **paths})
