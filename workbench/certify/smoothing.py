@@ -53,19 +53,38 @@ def check_params(sigma: float | None = None, n0: int | None = None, n: int | Non
         require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
 
 
-def inference_copy(model: nn.Module) -> tuple[nn.Module, bool]:
+def inference_copy(model: nn.Module, probe: torch.Tensor | None = None) -> tuple[nn.Module, bool]:
     """An eval-mode copy with each Conv2d+BatchNorm pair folded into one convolution (``torch.fx``
-    fusion; logits agree to ~1e-7) for channels-last inputs; ``(model, False)`` if it cannot be traced."""
+    fusion; logits agree to ~1e-7) for channels-last inputs; ``(model, False)`` if it cannot be traced.
+
+    With a ``probe`` batch the copy is also *run*: if calling it fails or its logits differ from the
+    model's beyond float tolerance (a model that traces but behaves differently, e.g. through Python
+    state the trace froze), the model itself is used."""
+    was_training = model.training
     try:
         from torch.fx.experimental.optimization import fuse
 
-        was_training = model.training
         model.eval()
-        fused = fuse(model).eval()
-        model.train(was_training)
-        return fused.to(memory_format=torch.channels_last), True
-    except Exception:  # noqa: BLE001 - untraceable models (TorchScript, data-dependent control flow) run as they are
+        fused = fuse(model).eval().to(memory_format=torch.channels_last)
+        if probe is not None:
+            with torch.no_grad():
+                want = model(probe)
+                got = fused(probe.contiguous(memory_format=torch.channels_last))
+            tol = 1e-4 * max(1.0, float(want.abs().max()))
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=tol):
+                return model, False
+        return fused, True
+    except Exception:  # noqa: BLE001 - untraceable or misbehaving copies: the model runs as it is
         return model, False
+    finally:
+        model.train(was_training)
+
+
+def _probe(images: torch.Tensor, sigma: float, dev) -> torch.Tensor:
+    """A few inputs with and without noise, for checking the fused copy (deterministic, own generator)."""
+    x = images[:4].to(dev)
+    g = torch.Generator(device=dev).manual_seed(12345)
+    return torch.cat([x, x + sigma * torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype)])
 
 
 @torch.no_grad()
@@ -79,7 +98,8 @@ def sample_counts(model: nn.Module, images: torch.Tensor, num: int, sigma: float
     batch is always full; counts are accumulated with one ``bincount`` per batch.
     """
     check_params(sigma=sigma, n=num, batch_size=batch_size)
-    require(images.ndim == 4, f"images must be N×C×H×W, got shape {tuple(images.shape)}")
+    require(images.ndim == 4 and images.shape[0] > 0,
+            f"images must be a non-empty N×C×H×W batch, got shape {tuple(images.shape)}")
     dev = resolve_device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
     gen = generator if generator is not None else torch.Generator(device=dev).manual_seed(0)
@@ -186,7 +206,7 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
     t0 = time.perf_counter()
     gen = torch.Generator(device=dev).manual_seed(seed)
     span0 = n0 / (n0 + n)
-    fast, cl = inference_copy(model) if fuse else (model, False)
+    fast, cl = inference_copy(model, _probe(images, sigma, dev)) if fuse else (model, False)
     c0 = sample_counts(fast, images, n0, sigma, batch_size=batch_size, generator=gen, device=dev,
                        progress=progress, progress_span=(0.0, span0), channels_last=cl)
     c1 = sample_counts(fast, images, n, sigma, num_classes=c0.shape[1], batch_size=batch_size, generator=gen,
@@ -204,11 +224,13 @@ def predict(model: nn.Module, images: torch.Tensor, sigma: float, *, n: int = 10
             fuse: bool = True, progress: Progress | None = None) -> CertificationResult:
     """The smoothed classifier's PREDICT on every input (no radius: ``radii`` are 0)."""
     check_params(sigma=sigma, n=n, alpha=alpha, batch_size=batch_size)
+    require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
+            f"got shape {tuple(images.shape)}")
     dev = resolve_device(device) if device is not None else next(
         (p.device for p in model.parameters()), torch.device("cpu"))
     t0 = time.perf_counter()
     gen = torch.Generator(device=dev).manual_seed(seed)
-    fast, cl = inference_copy(model) if fuse else (model, False)
+    fast, cl = inference_copy(model, _probe(images, sigma, dev)) if fuse else (model, False)
     counts = sample_counts(fast, images, n, sigma, batch_size=batch_size, generator=gen, device=dev,
                            progress=progress, channels_last=cl)
     pred, pval = predict_from_counts(counts, alpha)
