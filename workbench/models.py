@@ -146,6 +146,8 @@ def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dic
         require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"model option {key} must be an integer >= 1, got {value!r}")
     limits.check("classes", num_classes, f"model {arch!r}: the number of classes")
+    if not kwargs:  # the zoo's defaults are small whatever the number of classes: nothing to count
+        return
     with torch.device("meta"):
         shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
     limits.check("model_parameters", sum(p.numel() for p in shell.parameters()),
@@ -248,10 +250,13 @@ def save_model(model: nn.Module, directory: str | Path, card: ModelCard) -> Path
 
 
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    try:
+        if not zipfile.is_zipfile(path):  # which itself raises on some broken zip64 records
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:  # e.g. member names that are not UTF-8
+        raise BadInput(f"cannot read {path}: not a valid zip archive ({exc})") from None
 
 
 def _check_torch_file(path: Path) -> None:

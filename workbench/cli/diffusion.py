@@ -129,6 +129,7 @@ def defend_skd_cag(
     from ..report import write_report
 
     backdoored = load_text_to_image(model, device)
+    check_batch(batch_size, (1, backdoored.config.image_size, backdoored.config.image_size))
     prov = backdoored.provenance
     kind = kind or str(prov.get("backdoor") or "pixel")
     tc = target_class if target_class >= 0 else int(prov.get("target_class") or 0)
