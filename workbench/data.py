@@ -148,12 +148,12 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
     if images.dtype == np.uint8:
         arr = images.astype(np.float32) / 255.0
     elif np.issubdtype(images.dtype, np.floating):
-        arr = images.astype(np.float32)
-        require(bool(np.all(np.isfinite(arr))), f"{name}: images contain NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
+        require(bool(np.all(np.isfinite(images))), f"{name}: images contain NaN or infinite values")
+        lo, hi = float(images.min()), float(images.max())  # checked before the cast (1e300 would overflow)
         require(lo >= 0.0 and hi <= 1.0,
                 f"{name}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}] "
                 "(scale them, or save them as uint8 0-255)")
+        arr = images.astype(np.float32)
     elif np.issubdtype(images.dtype, np.integer):
         lo, hi = int(images.min()), int(images.max())
         require(lo >= 0 and hi <= 255,
@@ -280,8 +280,8 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
         try:
             images, labels = z[ik], z[lk]
             names = [str(s) for s in z["class_names"].tolist()] if "class_names" in keys else None
-        except ValueError as exc:  # object arrays need pickle: refuse
-            raise BadInput(f"{path}: cannot read arrays without unpickling ({exc})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # corrupt member data
+            raise BadInput(f"cannot read npz file {path}: {exc}".splitlines()[0]) from None
     ds = _from_arrays(images, labels, f"npz:{path.name}", class_names=names)
     return ds
 
@@ -421,7 +421,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     require(len(data) == expected,
             f"{path}: IDX header announces shape {dims} ({expected} bytes) but the file holds "
             f"{'more than that' if len(data) > expected else f'{len(data)} bytes'} of data")
-    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    except ValueError as exc:  # e.g. a zero dimension beside dimensions whose product NumPy cannot index
+        raise BadInput(f"{path}: IDX header announces an unusable shape {dims} ({exc})") from None
 
 
 def load_idx(images_path: str | Path, labels_path: str | Path) -> ImageDataset:

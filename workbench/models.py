@@ -138,7 +138,8 @@ def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dic
     from . import limits
 
     ctor = ZOO[arch]
-    accepted = [p for p in inspect.signature(ctor).parameters if p not in ("self", "in_channels", "num_classes")]
+    params = inspect.signature(ctor).parameters
+    accepted = [p for p in params if p not in ("self", "in_channels", "num_classes")]
     unknown = sorted(set(kwargs) - set(accepted))
     require(not unknown, f"model {arch!r} takes no option {', '.join(map(repr, unknown))}; "
             f"it takes: {', '.join(accepted) or 'none'}")
@@ -146,8 +147,8 @@ def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dic
         require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"model option {key} must be an integer >= 1, got {value!r}")
     limits.check("classes", num_classes, f"model {arch!r}: the number of classes")
-    if not kwargs:  # the zoo's defaults are small whatever the number of classes: nothing to count
-        return
+    if all(isinstance(params[k].default, int) and v <= params[k].default for k, v in kwargs.items()):
+        return  # no larger than the zoo's defaults, which are small whatever the number of classes
     with torch.device("meta"):
         shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
     limits.check("model_parameters", sum(p.numel() for p in shell.parameters()),
