@@ -26,8 +26,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/workbench train --data mnist10k --model cnn --out runs/demo
 
+# pytest exits 5 when it collects no tests; make would report any failure as its own code 2, so the
+# reason is printed here and the exit code kept for .ci/run (WORKBENCH_EXIT_CODE_FILE).
 test: setup
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q; code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; \
+	if [ -n "$$WORKBENCH_EXIT_CODE_FILE" ]; then echo $$code > "$$WORKBENCH_EXIT_CODE_FILE"; fi; \
+	exit $$code
 
 lint: setup
 	$(BIN)/ruff check workbench attacks defenses tests app.py benchmarks

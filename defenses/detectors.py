@@ -21,13 +21,17 @@ training set, labels as given) returning a :class:`DetectionResult`:
   at one isolation ratio, and one AUROC) after dividing each class's scores by its median score.
 - **Activation clustering**, Chen et al., "Detecting Backdoor Attacks on Deep Neural Networks by
   Activation Clustering", SafeAI@AAAI 2019, Sec. 4: per class, reduce the penultimate activations to
-  10 dimensions and split them with 2-means; the smaller cluster is suspected, more so the better the
-  split (silhouette score). Differences: PCA instead of FastICA (deterministic and fast); the
-  score of a sample in the smaller cluster is ``1 + silhouette`` of its class's clustering (so that
-  every small-cluster sample ranks above every large-cluster sample, and clearly split classes
-  first), and of a sample in the larger cluster its distance to its centroid relative to the class's
-  largest such distance (in [0, 1]). The paper's own verdict (relative size ≤ 0.35) is reported per
-  class in ``details``.
+  10 dimensions and split them with 2-means; the paper's *relative size* rule decides: a class is
+  suspicious when its smaller cluster holds at most ``size_threshold`` (default 0.35) of the class,
+  and that cluster is the suspected poison (as ART's ``ActivationDefence`` with
+  ``cluster_analysis="relative-size"``, ``analyze_by_relative_size``). Differences: PCA instead of
+  FastICA (deterministic and fast); to rank samples across classes (one flagged set at one isolation
+  ratio, and one AUROC) a sample in the small cluster of a *suspicious* class scores
+  ``2 + silhouette`` of its class's clustering (so every suspected sample ranks above every other,
+  clearly split classes first), and every other sample scores its distance to its own cluster's
+  centroid relative to the largest such distance in its class (in [0, 1]). The small cluster of a
+  class that is *not* suspicious (a clean class split roughly in two, e.g. by writing style) gets no
+  head start, so clean classes no longer compete with the poison cluster.
 
 Spectral signatures and activation clustering read features of a model trained on the suspected
 data through :func:`workbench.hooks.layer_outputs` (default: the model's penultimate layer), or, with
@@ -260,13 +264,15 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
 def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *,
                                  layer: str | None = None, n_components: int = 10, size_threshold: float = 0.35,
                                  seed: int = 0) -> DetectionResult:
-    """Activation clustering (Chen et al. 2019): per-class PCA to ``n_components`` dims, then 2-means."""
+    """Activation clustering (Chen et al. 2019): per-class PCA to ``n_components`` dims, 2-means, and the
+    relative-size rule: a class whose smaller cluster holds <= ``size_threshold`` of it is suspicious."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.metrics import silhouette_score
 
     ratio = check_ratio(ratio)
     require(n_components >= 1, f"n_components must be >= 1, got {n_components}")
+    check_in_range("size_threshold", float(size_threshold), 0.0, 0.5, low_open=True)
     data = as_dataset(data)
     t0 = time.perf_counter()
     feats = _features(model, data, layer).numpy()
@@ -287,12 +293,13 @@ def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: fl
         small = int(np.argmin(sizes))
         sil = float(silhouette_score(z, lab, sample_size=min(len(z), 2000), random_state=seed))
         dist = np.linalg.norm(z - km.cluster_centers_[lab], axis=1)
-        big = lab != small
-        s = np.where(big, dist / max(dist[big].max(), 1e-12) if big.any() else 0.0, 1.0 + max(sil, 0.0))
-        scores[idx] = s
         rel = float(sizes[small] / len(idx))
-        per_class[data.class_names[c]] = {"small_cluster_share": rel, "silhouette": sil,
-                                          "suspected": rel <= size_threshold}
+        suspected = rel <= size_threshold  # the paper's relative-size rule
+        s = dist / max(float(dist.max()), 1e-12)
+        if suspected:
+            s = np.where(lab == small, 2.0 + max(sil, 0.0), s)
+        scores[idx] = s
+        per_class[data.class_names[c]] = {"small_cluster_share": rel, "silhouette": sil, "suspected": suspected}
     scores_t = torch.as_tensor(scores, dtype=torch.float32)
     return DetectionResult("ac", scores_t, flag_top(scores_t, ratio), ratio, time.perf_counter() - t0,
                            params={"layer": _layer_name(model, layer, data.input_shape),

@@ -27,10 +27,25 @@ def test_training_button_produces_accuracy():
     assert at.session_state["model"].card.input_shape == (1, 8, 8)
 
 
-@pytest.mark.parametrize("module", ["saliency", "backdoors", "certifiers", "label_audit", "diffusion"])
+WITHOUT_A_MODEL = {  # what each page tells a user who has no model (or data) yet, and whether it offers a run
+    "saliency": ("warning", "Choose a dataset and train or upload a model on the **Data & model** page", 0),
+    "certifiers": ("warning", "Choose a dataset and train or upload a model on the **Data & model** page", 0),
+    "label_audit": ("warning", "Choose a dataset on the **Data & model** page first.", 0),
+    "backdoors": ("info", "Run a poisoning attack in the first tab first.", 3),  # trains its own victim
+    "diffusion": ("info", "No checkpoints found. Create them with `workbench diffusion train`", 1),
+}
+
+
+@pytest.mark.parametrize("module", sorted(WITHOUT_A_MODEL))
 def test_every_page_renders_without_a_model(module):
+    import importlib
+
     at = AppTest.from_string(f"from workbench.ui import {module}\n{module}.render()", default_timeout=TIMEOUT).run()
     assert not at.exception
+    kind, message, buttons = WITHOUT_A_MODEL[module]
+    assert [t.value for t in at.title] == [importlib.import_module(f"workbench.ui.{module}").TITLE]
+    assert any(m.value.startswith(message) for m in getattr(at, kind)), [m.value for m in getattr(at, kind)]
+    assert len(at.button) == buttons and not at.error
 
 
 def test_diffusion_page_compares_models_and_rejects_unknown_words(tmp_path):

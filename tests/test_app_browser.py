@@ -13,6 +13,10 @@ def test_data_and_model_page_trains_in_browser():
     with streamlit_server() as url, browser_page() as page:
         page.goto(url, wait_until="domcontentloaded")
         page.get_by_text("Data & model", exact=False).first.wait_for(timeout=60_000)
+        # .streamlit/config.toml: client.toolbarMode = "viewer" shows no "Deploy" button
+        page.get_by_test_id("stToolbar").first.wait_for(timeout=60_000)
+        assert page.get_by_test_id("stAppDeployButton").count() == 0
+        assert page.get_by_role("button", name="Deploy").count() == 0
         # choose the small digits dataset
         choose(page, "Dataset", "digits")
         page.get_by_text("digits: 1797 images").wait_for(timeout=60_000)

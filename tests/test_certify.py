@@ -333,8 +333,17 @@ def test_app_page_certifies_the_current_model(zoo_model):
     at.number_input(key="cert_n").set_value(100)
     at.button(key="cert_button").click().run()
     assert not at.exception
-    labels = [m.label for m in at.metric]
-    assert "Abstain (fallback) rate" in labels and "Average certified radius" in labels
+    shown = {m.label: m.value for m in at.metric}
+    assert "Abstain (fallback) rate" in shown and "Average certified radius" in shown
+    # the figures shown are the library's on the same inputs and parameters
+    from workbench.ui.certifiers import _test_images
+
+    x, y = _test_images(load_dataset("digits"), 20)
+    s = certify_smoothing(model, x, 0.25, n0=100, n=100, alpha=0.001, labels=y).summary()
+    assert shown == {"Certified classifier accuracy": f"{100 * s['accuracy']:.1f}%",
+                     "Abstain (fallback) rate": f"{100 * s['abstain_rate']:.1f}%",
+                     "Base model accuracy": f"{100 * s['base_accuracy']:.1f}%",
+                     "Average certified radius": f"{s['average_certified_radius']:.3f}"}
     at.radio(key="cert_method").set_value("ibp").run()
     at.number_input(key="cert_eps").set_value(-0.1)
     at.button(key="cert_button").click().run()

@@ -127,7 +127,7 @@ def test_image_folder_bad_input(tmp_path):
         load_folder(tmp_path)
     (tmp_path / "b" / "broken.png").unlink()
     _save_png(tmp_path / "b" / "big.png", np.zeros((9, 9), np.uint8))
-    with pytest.raises(BadInput, match="pass a size"):
+    with pytest.raises(BadInput, match="resize the images to one size"):
         load_folder(tmp_path)
     assert load_folder(tmp_path, size=8).images.shape == (2, 1, 8, 8)
 

@@ -284,12 +284,15 @@ def test_cli_train_attack_defend(tmp_path, monkeypatch):
     assert (clean / "unet.safetensors").exists() and (clean / "report.html").exists()
     assert main(["-q", "attack", "text-trigger", "--model", str(clean), "--kind", "target", "--steps", "2",
                  "--eval-per-class", "1", "--out", str(bd)]) == 0
-    rep = json.loads((bd / "report.json").read_text())["result"]
-    assert rep["kind"] == "target" and 0 <= rep["backdoor_rate"] <= 1
+    planted = json.loads((bd / "report.json").read_text())["result"]
+    assert planted["kind"] == "target"
     assert main(["-q", "defend", "skd-cag", "--model", str(bd), "--trigger", "cf", "--steps", "2", "--batch-size", "4",
                  "--eval-per-class", "1", "--out", str(un)]) == 0
     rep = json.loads((un / "report.json").read_text())["result"]
-    assert rep["kind"] == "target" and rep["removal_rate"] == pytest.approx(1 - rep["backdoor_rate_after"])
+    # the defense measures the saved backdoored model with the same prompts, seed and judge as the
+    # attack measured the model it planted: the two reports must agree on it
+    assert rep["kind"] == "target" and rep["backdoor_rate_before"] == planted["backdoor_rate"]
+    assert rep["clean_accuracy_before"] == planted["clean_accuracy_after"]
     assert "Per-token cross-attention" in (un / "report.html").read_text()
     # bad input: exit code 2 with a clear message
     assert main(["-q", "defend", "skd-cag", "--model", str(bd), "--trigger", "xyzzy", "--out", str(un)]) == 2

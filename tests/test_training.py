@@ -45,16 +45,18 @@ def test_training_is_deterministic(digits):
         assert torch.equal(pa, pb)
 
 
-def test_fit_bad_input(digits):
+def test_fit_bad_input(digits, monkeypatch):
     m = build_model("cnn", 1, 10, 8)
     with pytest.raises(BadInput, match="epochs"):
         fit(m, digits, epochs=0)
     with pytest.raises(BadInput, match="labels"):
         fit(m, (digits.images[:10], digits.labels[:9]))
-    with pytest.raises(BadInput, match="CUDA"):
-        if torch.cuda.is_available():
-            raise BadInput("CUDA present: nothing to check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same check on a machine with CUDA
+    with pytest.raises(BadInput, match="CUDA is not available"):
         resolve_device("cuda")
+    with pytest.raises(BadInput, match="CUDA is not available"):
+        fit(m, digits, epochs=1, device="cuda:1")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_digits_model_learns(digits_model):

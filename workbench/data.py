@@ -12,9 +12,11 @@ Spec strings (CLI and app): ``mnist10k``, ``digits``, ``npz:PATH``, ``folder:PAT
 from __future__ import annotations
 
 import gzip
-import io
+import math
 import struct
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import limits
 from .errors import BadInput, require
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -132,10 +135,7 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
     require(labels.ndim == 1, f"{name}: labels must be one-dimensional, got shape {labels.shape}")
     require(images.shape[0] == labels.shape[0],
             f"{name}: {images.shape[0]} images but {labels.shape[0]} labels")
-    require(np.issubdtype(labels.dtype, np.integer)
-            or (np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels))
-                and np.all(labels == np.round(labels))),
-            f"{name}: labels must be integers, got dtype {labels.dtype}")
+    labels_i = _integer_labels(labels, name, len(labels), class_names)
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4:
@@ -152,17 +152,18 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
     else:
         raise BadInput(f"{name}: images must have rank 3 (N×H×W) or 4 (N×H×W×C or N×C×H×W), "
                        f"got rank {images.ndim} with shape {images.shape}")
+    require(min(images.shape[1:]) > 0, f"{name}: images have a zero-size dimension (shape {images.shape})")
     if images.dtype == np.uint8:
         arr = images.astype(np.float32) / 255.0
     elif np.issubdtype(images.dtype, np.floating):
-        arr = images.astype(np.float32)
-        require(bool(np.all(np.isfinite(arr))), f"{name}: images contain NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
+        require(bool(np.all(np.isfinite(images))), f"{name}: images contain NaN or infinite values")
+        lo, hi = float(images.min()), float(images.max())  # checked before the cast (1e300 would overflow)
         require(lo >= 0.0 and hi <= 1.0,
                 f"{name}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}] "
                 + ("(they look normalised; give the normalisation's mean and std, as_dataset(..., mean=, std=), "
                    "to map them back to pixels, and the same to the model, as_model(model, mean=, std=))"
                    if lo < 0.0 else "(scale them, or save them as uint8 0-255)"))
+        arr = images.astype(np.float32)
     elif np.issubdtype(images.dtype, np.integer):
         lo, hi = int(images.min()), int(images.max())
         require(lo >= 0 and hi <= 255,
@@ -170,8 +171,6 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
         arr = images.astype(np.float32) / 255.0
     else:
         raise BadInput(f"{name}: unsupported image dtype {images.dtype}")
-    labels_i = labels.astype(np.int64)
-    require(labels_i.min() >= 0, f"{name}: labels must be non-negative, got {labels_i.min()}")
     if class_names is None:
         num_classes = int(labels_i.max()) + 1
         class_names = [str(k) for k in range(num_classes)]
@@ -180,6 +179,59 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
     require(len(present) >= 2, f"{name}: all labels are {present[0]}: need at least two classes")
     return ImageDataset(torch.from_numpy(np.ascontiguousarray(arr)), torch.from_numpy(labels_i),
                         list(class_names), name)
+
+
+def _integer_labels(labels: np.ndarray, name: str, n: int, class_names: list[str] | None) -> np.ndarray:
+    """Labels as int64, checked *before* anything is sized by them: integers (or integral floats),
+    non-negative, below the number of class names when given, and otherwise below
+    ``max(n, 1000)`` (the classes are then 0..max label, one name each) and the classes limit."""
+    kind = labels.dtype.kind
+    require(kind in "iuf", f"{name}: labels must be integers, got dtype {labels.dtype}")
+    if labels.size == 0:
+        return labels.astype(np.int64)
+    if kind == "f":
+        require(bool(np.all(np.isfinite(labels))), f"{name}: labels contain NaN or infinite values")
+        fractional = labels[labels != np.round(labels)]
+        if fractional.size:
+            raise BadInput(f"{name}: labels must be whole numbers, got {fractional[0]:g}")
+    lo, hi = labels.min(), labels.max()
+    require(lo >= 0, f"{name}: labels must be non-negative, got {lo:g}")
+    if class_names is not None:
+        limits.check("classes", len(class_names), f"{name}: the number of class names")
+        require(hi < len(class_names), f"{name}: labels must lie in 0..{len(class_names) - 1} "
+                f"({len(class_names)} class names), got {hi:g}")
+    else:
+        cap = max(n, 1000)
+        require(hi < cap, f"{name}: the largest label is {hi:g} but there are only {n} samples; without "
+                f"class names the classes are 0..largest label, so labels must be below {cap} (give "
+                "class_names for more classes)")
+        limits.check("classes", int(hi) + 1, f"{name}: the number of classes")
+    return labels.astype(np.int64)
+
+
+def open_image(source, name: str):
+    """Open an image lazily (header only) with PIL and refuse it by its declared size before any
+    pixel is decoded: one image over the ``image_pixels`` limit (a decompression bomb) is BadInput
+    naming ``name``. The caller decodes it with ``im.load()`` inside a ``with``."""
+    from PIL import Image, UnidentifiedImageError
+
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # PIL's own check, replaced by ours below (open reads the header only)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInput(f"unreadable image {name}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    try:
+        w, h = im.size
+        limits.check("image_pixels", w * h, f"{name} declares {w}×{h} pixels (a decompression bomb?), which")
+    except BadInput:
+        im.close()
+        raise
+    return im
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -212,6 +264,7 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
     Optional ``class_names`` (an array of strings). Never unpickles: ``allow_pickle=False``.
     """
     path = _require_file(Path(path), "npz file")
+    _check_npz(path)
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -237,10 +290,50 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
         try:
             images, labels = z[ik], z[lk]
             names = [str(s) for s in z["class_names"].tolist()] if "class_names" in keys else None
-        except ValueError as exc:  # object arrays need pickle: refuse
-            raise BadInput(f"{path}: cannot read arrays without unpickling ({exc})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # corrupt member data
+            raise BadInput(f"cannot read npz file {path}: {exc}".splitlines()[0]) from None
     ds = _from_arrays(images, labels, f"npz:{path.name}", class_names=names)
     return ds
+
+
+def _check_npz(path: Path) -> None:
+    """Refuse an ``.npz`` by what it declares, before NumPy reads (and allocates) any array: it must
+    be a zip of ``.npy`` members whose headers name no Python objects, whose data sizes match their
+    headers, and whose decoded total is within the ``data_bytes`` limit."""
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise BadInput(f"{path} is a single .npy array, expected an .npz with images and labels")
+    if not magic.startswith(b"PK"):
+        raise BadInput(f"{path} is not an .npz file (an .npz is a zip archive; this file starts with "
+                       f"bytes {magic[:4].hex()})")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+            total = 0
+            for info in members:
+                total += info.file_size
+                limits.check("data_bytes", total, f"{path}: the arrays decompress to a size that")
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(fh)
+                    header_end = fh.tell()
+                key = info.filename.removesuffix(".npy")
+                require(not dtype.hasobject, f"{path}: array {key!r} holds Python objects (dtype object), "
+                        "which would need unpickling; refused (store numbers and strings only)")
+                declared = math.prod(shape) * dtype.itemsize
+                require(declared == info.file_size - header_end,
+                        f"{path}: array {key!r} declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) "
+                        f"but holds {info.file_size - header_end:,} bytes")
+    except BadInput:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
+            NotImplementedError) as exc:
+        raise BadInput(f"cannot read npz file {path}: {exc}") from None
 
 
 def load_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> ImageDataset:
@@ -249,28 +342,41 @@ def load_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> 
     All images must share one size unless ``size`` is given (then each is resized). Grayscale
     when every image is single-channel, RGB otherwise.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     root = Path(path)
     if not root.exists():
         raise BadInput(f"image folder not found: {root}")
     require(root.is_dir(), f"not a folder: {root}")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    real_root = root.resolve()
+
+    def inside(p: Path) -> Path:  # a symbolic link may not lead out of the dataset folder
+        target = p.resolve()
+        require(target == real_root or real_root in target.parents,
+                f"{p} is a symbolic link to {target}, outside the dataset folder {root}; copy the file in")
+        return p
+
+    classes = sorted(inside(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     require(len(classes) > 0, f"{root}: no class subfolders (expected one subfolder per class)")
+    limits.check("classes", len(classes), f"{root}: the number of class subfolders")
     files: list[tuple[Path, int]] = []
     for k, cdir in enumerate(classes):
         for f in sorted(cdir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and (f.is_symlink() or f.is_file()):
+                require(inside(f).is_file(), f"{f} is not a regular file")
                 files.append((f, k))
     require(len(files) > 0, f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     pil = []
+    total = 0
     for f, _ in files:
-        try:
-            with Image.open(f) as im:
+        with open_image(f, str(f)) as im:
+            total += im.size[0] * im.size[1] * min(3, len(im.getbands()))  # checked before decoding
+            limits.check("data_bytes", total, f"{root}: the decoded images up to {f.name} take a size that")
+            try:
                 im.load()
-                pil.append(im.copy())
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise BadInput(f"unreadable image {f}: {exc}") from None
+            except (OSError, SyntaxError, ValueError, EOFError) as exc:
+                raise BadInput(f"unreadable image {f}: {exc}") from None
+            pil.append(im.copy())
     gray = all(im.mode in ("L", "1", "I", "I;16", "F") for im in pil)
     mode = "L" if gray else "RGB"
     target = None if size is None else ((size, size) if isinstance(size, int) else tuple(size))
@@ -282,7 +388,8 @@ def load_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> 
             im = im.resize((target[1], target[0]), Image.BILINEAR)
         elif im.size != first_size:
             raise BadInput(f"{f} is {im.size[0]}×{im.size[1]} but {files[0][0]} is "
-                           f"{first_size[0]}×{first_size[1]}; pass a size to resize all images")
+                           f"{first_size[0]}×{first_size[1]}; resize the images to one size (or load them with "
+                           "workbench.data.load_folder(path, size=(H, W)))")
         arrays.append(np.asarray(im, dtype=np.uint8))
     images = np.stack(arrays)
     labels = np.array([k for _, k in files], dtype=np.int64)
@@ -294,28 +401,40 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an MNIST-style IDX file, raw or gzip-compressed."""
+    """Read an MNIST-style IDX file, raw or gzip-compressed.
+
+    The header's declared size is checked against the file (and the ``data_bytes`` limit) before
+    the data is read; gzip data is decompressed in a stream that stops at the declared size."""
     path = _require_file(Path(path), "IDX file")
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise BadInput(f"{path}: corrupt gzip data ({exc})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise BadInput(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    ndim = raw[3]
-    require(ndim >= 1, f"{path}: IDX file declares zero dimensions")
-    header = 4 + 4 * ndim
-    require(len(raw) >= header, f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    require(len(raw) - header == expected,
+    with open(path, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    if not gzipped:
+        limits.check("data_bytes", path.stat().st_size, f"{path}: the file size")
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
+            magic = fh.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise BadInput(f"{path}: not an IDX file (bad magic number {magic.hex()})")
+            ndim = magic[3]
+            require(ndim >= 1, f"{path}: IDX file declares zero dimensions")
+            head = fh.read(4 * ndim)
+            require(len(head) == 4 * ndim, f"{path}: truncated IDX header")
+            dims = struct.unpack(f">{ndim}I", head)
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            expected = math.prod(dims) * dtype.itemsize  # Python integers: no overflow
+            limits.check("data_bytes", expected, f"{path}: the IDX header announces shape {dims}, a size that")
+            data = fh.read(expected + 1)  # one byte more than announced reveals trailing data
+    except BadInput:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadInput(f"{path}: corrupt {'gzip' if gzipped else 'IDX'} data ({exc})") from None
+    require(len(data) == expected,
             f"{path}: IDX header announces shape {dims} ({expected} bytes) but the file holds "
-            f"{len(raw) - header} bytes of data")
-    return np.frombuffer(io.BytesIO(raw[header:]).getbuffer(), dtype=dtype).reshape(dims).astype(
-        dtype.newbyteorder("="))
+            f"{'more than that' if len(data) > expected else f'{len(data)} bytes'} of data")
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    except ValueError as exc:  # e.g. a zero dimension beside dimensions whose product NumPy cannot index
+        raise BadInput(f"{path}: IDX header announces an unusable shape {dims} ({exc})") from None
 
 
 def load_idx(images_path: str | Path, labels_path: str | Path) -> ImageDataset:

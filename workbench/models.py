@@ -41,10 +41,10 @@ from .adapter import ModelAdapter, as_model, model_device, num_classes_of, unwra
 from .atomic import atomic_write, atomic_write_text
 from .errors import BadInput, require
 from .layers import LayerInfo, describe_layers, get_layer, layer_name_of, layer_names
-from .zoo import MAX_SIZE, MIN_SIZE, ZOO, BasicBlock, SmallCNN, SmallResNet, build_model
+from .zoo import MAX_SIZE, MIN_SIZE, ZOO, BasicBlock, SmallCNN, SmallResNet, build_model, check_arch_kwargs
 
 __all__ = ["BasicBlock", "LayerInfo", "LoadedModel", "MAX_SIZE", "MIN_SIZE", "ModelAdapter", "ModelCard",
-           "SmallCNN", "SmallResNet", "ZOO", "architecture", "as_model", "build_model", "describe_layers",
+           "SmallCNN", "SmallResNet", "ZOO", "architecture", "as_model", "build_model", "check_arch_kwargs", "describe_layers",
            "get_layer", "is_factory_spec", "layer_name_of", "layer_names", "load_model", "model_device",
            "save_model"]
 
@@ -85,13 +85,15 @@ class ModelCard:
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:
         try:
             d = json.loads(text)
-            require(isinstance(d, dict), "not a JSON object")
+            check_card_fields(d, source)
             shape = d.get("input_shape")
             card = cls(arch=str(d["arch"]), input_shape=None if shape is None else tuple(int(s) for s in shape),
                        class_names=[str(c) for c in d["class_names"]],
                        arch_kwargs=dict(d.get("arch_kwargs") or {}), provenance=dict(d.get("provenance") or {}),
                        preprocess=dict(d.get("preprocess") or {}))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except BadInput:
+            raise
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
             raise BadInput(f"{source}: not a valid model card ({exc})") from None
         require(card.input_shape is None or (len(card.input_shape) == 3 and min(card.input_shape) >= 1),
                 f"{source}: input_shape must be [C, H, W] with positive sizes, got {card.input_shape}")
@@ -106,6 +108,47 @@ class ModelCard:
         if p.get("size") is not None:
             out["size"] = tuple(int(s) for s in p["size"])
         return out
+
+
+def check_card_fields(d, source: str = "model card") -> None:
+    """The fields of a parsed card, checked before anything is built from them: an object with
+    ``arch`` (text), ``input_shape`` (three integers >= 1 within the image-size limit),
+    ``class_names`` (a list of 2 or more names within the classes limit), and ``arch_kwargs`` /
+    ``provenance`` objects when present."""
+    from . import limits
+
+    def need(ok: bool, why: str) -> None:
+        if not ok:
+            raise BadInput(f"{source}: not a valid model card ({why})")
+
+    need(isinstance(d, dict), f"expected a JSON object, got {type(d).__name__}")
+    missing = [k for k in ("arch", "class_names") if k not in d]
+    need(not missing, f"missing {', '.join(missing)}")
+    need(isinstance(d["arch"], str), "arch must be a name")
+    shape = d.get("input_shape")  # null: the model takes any size (a transformers model, a factory)
+    if shape is not None:
+        need(isinstance(shape, list) and len(shape) == 3
+             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape),
+             f"input_shape must be three integers >= 1 (channels, height, width), got {shape!r}"[:200])
+        limits.check("image_pixels", shape[0] * shape[1] * shape[2], f"{source}: input_shape {shape}")
+    names = d["class_names"]
+    need(isinstance(names, list) and all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in names),
+         "class_names must be a list of names")
+    limits.check("classes", len(names), f"{source}: the number of class names")
+    need(len(names) >= 2, f"need at least two class names, got {len(names)}")
+    for key in ("arch_kwargs", "provenance", "preprocess"):
+        need(isinstance(d.get(key) or {}, dict), f"{key} must be an object")
+
+
+def read_card(path: Path) -> ModelCard:
+    """A model card file (small JSON: refused over 16 MiB before it is read)."""
+    size = path.stat().st_size
+    require(size <= 16 << 20, f"{path}: {size:,} bytes is too large for a model card (a JSON file of a few KB)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not a valid model card (not UTF-8 text: {exc})") from None
+    return ModelCard.from_json(text, str(path))
 
 
 @dataclass
@@ -248,7 +291,7 @@ def architecture(spec: str, in_channels: int, num_classes: int, image_size: tupl
     path = Path(spec)
     if path.is_dir():
         if (path / "model.json").is_file():
-            card = ModelCard.from_json((path / "model.json").read_text(), str(path / "model.json"))
+            card = read_card(path / "model.json")
             if is_factory_spec(card.arch):
                 require(trust_code, f"{path}'s card names the factory {card.arch!r}, which runs code when "
                                     f"imported: {TRUST_HINT}")
@@ -356,13 +399,32 @@ def _load_transformers(folder: Path) -> tuple[nn.Module, ModelCard]:
 
 # ---------------------------------------------------------------- weights
 def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
     try:
+        if not zipfile.is_zipfile(path):  # which itself raises on some broken zip64 records
+            return False
         with zipfile.ZipFile(path) as z:
             return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:  # e.g. member names that are not UTF-8
+        raise BadInput(f"cannot read {path}: not a valid zip archive ({exc})") from None
+
+
+def _check_torch_file(path: Path) -> None:
+    """A ``.pt``/``.pth``/``.bin`` must be what ``torch.save`` writes: a zip archive (PyTorch ≥ 1.6)
+    whose members' declared sizes are within the ``data_bytes`` limit, or a legacy pickle stream."""
+    from . import limits
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                total = sum(i.file_size for i in zf.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {path}: not a valid zip archive ({exc})") from None
+        limits.check("data_bytes", total, f"{path}: the archive's members decompress to a size that")
+    elif not head.startswith(b"\x80"):
+        raise BadInput(f"{path} is not a PyTorch file (torch.save writes a zip archive; this file starts "
+                       f"with bytes {head.hex() or '(empty)'})")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -376,14 +438,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise BadInput(f"cannot read safetensors file {path}: {exc}") from None
     if suffix in (".pt", ".pth", ".bin"):
+        _check_torch_file(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
             raise BadInput(f"refused to load {path}: it holds pickled objects other than tensors, which "
                            f"could run code ({first}). Save a state dict or use safetensors.") from None
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise BadInput(f"cannot read {path}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is bad input
+            raise BadInput(f"cannot read {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not (isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values())):
@@ -407,6 +470,9 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         k = bad[0]
         raise BadInput(f"{source} does not fit the architecture: tensor {k} has shape {tuple(state[k].shape)}, "
                        f"the architecture expects {tuple(own[k].shape)}")
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        raise BadInput(f"{source}: tensor {nonfinite[0]} holds NaN or infinite values")
     model.load_state_dict(state)
     return model
 
@@ -505,7 +571,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_cod
                        "file with its model.json, or a factory spec path/to/file.py:factory with --weights)")
     if path.is_dir():
         if (path / "model.json").is_file():
-            card = ModelCard.from_json((path / "model.json").read_text(), str(path / "model.json"))
+            card = read_card(path / "model.json")
             wfile = path / "model.safetensors"
             require(wfile.is_file(), f"{path} has a model.json but no model.safetensors")
             return _from_card(card, wfile, path, trust_code, device)
@@ -518,7 +584,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_cod
         net = _torchscript(path, trust_code)
         card_path = _card_beside(path)
         if card_path is not None:
-            card = ModelCard.from_json(card_path.read_text(), str(card_path))
+            card = read_card(card_path)
         else:
             card = ModelCard("torchscript", tuple(input_shape) if input_shape else None,
                              list(class_names) if class_names else [])
@@ -528,7 +594,7 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_cod
             "(.safetensors, .pt/.pth state dict) with its model.json, or a factory spec")
     card_path = _card_beside(path)
     if card_path is not None and arch is None:
-        card = ModelCard.from_json(card_path.read_text(), str(card_path))
+        card = read_card(card_path)
     else:
         require(arch is not None, f"{path} has no model.json beside it: give its architecture (a zoo name: "
                                   f"{', '.join(sorted(ZOO))}, or a factory spec) and input shape and class names")

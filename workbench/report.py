@@ -167,6 +167,12 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def plain(text: Any) -> str:
+    """``text`` for matplotlib as plain text: a ``$`` would start mathtext, so a class named
+    ``$x^$`` would crash the drawing (and ``$\\alpha$`` would render as α); escaped, it prints as given."""
+    return str(text).replace("$", r"\$")
+
+
 def heatmap_png(matrix: Any, row_labels=None, col_labels=None, xlabel="", ylabel="", title="") -> bytes:
     import matplotlib
 
@@ -184,13 +190,13 @@ def heatmap_png(matrix: Any, row_labels=None, col_labels=None, xlabel="", ylabel
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                         color="white" if v < (m.max() + m.min()) / 2 else "black")
     if row_labels is not None:
-        ax.set_yticks(range(len(row_labels)), row_labels)
+        ax.set_yticks(range(len(row_labels)), [plain(t) for t in row_labels])
     if col_labels is not None:
-        ax.set_xticks(range(len(col_labels)), col_labels)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+        ax.set_xticks(range(len(col_labels)), [plain(t) for t in col_labels])
+    ax.set_xlabel(plain(xlabel))
+    ax.set_ylabel(plain(ylabel))
     if title:
-        ax.set_title(title)
+        ax.set_title(plain(title))
     fig.colorbar(im, ax=ax, fraction=0.046)
     return figure_png(fig)
 

@@ -115,8 +115,35 @@ def build_model(arch: str, in_channels: int, num_classes: int, image_size: tuple
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     require(all(MIN_SIZE <= s <= MAX_SIZE for s in hw),
             f"zoo models take images from {MIN_SIZE}×{MIN_SIZE} to {MAX_SIZE}×{MAX_SIZE}, got {hw[0]}×{hw[1]}")
+    check_arch_kwargs(arch, in_channels, num_classes, kwargs)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
     return ZOO[arch](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dict) -> None:
+    """Refuse architecture options the constructor does not take, non-integer sizes, and a network
+    over the ``model_parameters`` limit, counted on the ``meta`` device before any weight exists
+    (a card asking for ``width: 20000`` would otherwise allocate 14 GB)."""
+    import inspect
+
+    from . import limits
+
+    ctor = ZOO[arch]
+    params = inspect.signature(ctor).parameters
+    accepted = [p for p in params if p not in ("self", "in_channels", "num_classes")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    require(not unknown, f"model {arch!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"it takes: {', '.join(accepted) or 'none'}")
+    for key, value in kwargs.items():
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"model option {key} must be an integer >= 1, got {value!r}")
+    limits.check("classes", num_classes, f"model {arch!r}: the number of classes")
+    if all(isinstance(params[k].default, int) and v <= params[k].default for k, v in kwargs.items()):
+        return  # no larger than the zoo's defaults, which are small whatever the number of classes
+    with torch.device("meta"):
+        shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    limits.check("model_parameters", sum(p.numel() for p in shell.parameters()),
+                 f"model {arch!r} with {kwargs or 'default options'} would have a parameter count that")

@@ -14,6 +14,11 @@ clean batch's statistics in training mode), Identity/Dropout (eval), nn.Sequenti
 SmallCNN, SmallResNet and BasicBlock (residual addition: bounds add). The zoo models run their children
 in registration order, which is what we walk; any other module type raises BadInput naming the layer.
 
+Soundness guards: the box is clipped to the valid input range (default [0, 1], ``input_range``), so
+inputs outside it (e.g. normalised images) are refused rather than certified from a box that does not
+contain them; a BatchNorm without running statistics (``track_running_stats=False``) normalises with the
+batch even in eval mode, which per-input bounds cannot describe, and is refused too.
+
 Training (:func:`train_ibp`, Gowal et al. Eq. 9 and Sec. 4): loss κ·CE(z(x), y) + (1 − κ)·CE(ẑ(x, ε), y),
 ẑ the worst-case logits from the margin bounds; after a clean ``warmup`` share of the steps, ε ramps
 linearly from 0 and κ from 1 to 0.5 until the ``ramp`` share of the steps. We differ from the paper in schedule lengths (a few epochs on CPU)
@@ -23,6 +28,7 @@ accounted for (as in the paper); the soundness tests allow 1e-5.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -47,9 +53,37 @@ SUPPORTED_NAMES = ("Linear, Conv2d, ReLU, Flatten, MaxPool2d, AvgPool2d, Adaptiv
                    "Identity, Dropout, Sequential, SmallCNN, SmallResNet, BasicBlock")
 
 
+INPUT_RANGE = (0.0, 1.0)  # the valid input range: every dataset of the workbench holds images in [0, 1]
+
+
 def check_eps(eps: float) -> float:
     require(isinstance(eps, (int, float)) and eps == eps and eps >= 0, f"epsilon must be >= 0, got {eps}")
+    require(math.isfinite(eps), f"epsilon must be a finite number >= 0, got {eps}")
     return float(eps)
+
+
+def check_inputs(images: torch.Tensor, input_range: tuple[float, float] = INPUT_RANGE) -> tuple[float, float]:
+    """Interval bounds clip the ε-box to the valid input range, so every input must lie inside it:
+    a normalised input (e.g. in [−0.42, 2.8]) would be clipped to a box that no longer contains it
+    and "certified" from the wrong place. BadInput for inputs outside the range (or NaN)."""
+    lo, hi = (float(v) for v in input_range)
+    require(lo < hi, f"the valid input range must have low < high, got {input_range}")
+    if images.numel():
+        a, b = float(images.min()), float(images.max())
+        require(lo <= a and b <= hi, f"interval bounds need inputs in the valid input range [{lo:g}, {hi:g}]; "
+                f"got values in [{a:g}, {b:g}] (normalised inputs? put the normalisation inside the model as a "
+                "layer and pass images in [0, 1], or give the range the inputs come from)")
+    return lo, hi
+
+
+def check_batch_independent(model: nn.Module) -> None:
+    """A BatchNorm without running statistics normalises with the statistics of the batch even in eval
+    mode, so one input's output depends on the others and per-input bounds would be unsound."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and mod.running_mean is None:
+            raise BadInput(f"interval bounds cannot certify layer {name!r}: a {type(mod).__name__} without running "
+                           "statistics (track_running_stats=False) normalises each input with its batch's "
+                           "statistics, so its output depends on the other inputs")
 
 
 def layer_plan(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -136,19 +170,24 @@ def _step(mod: nn.Module, x, lo, hi):
     return (mod(x) if x is not None else None), mod(lo), mod(hi)
 
 
-def propagate(model: nn.Module, images: torch.Tensor, eps: float, *, clean: bool = True, elide_last: bool = True):
-    """Bounds of the L∞ ball of radius ``eps`` (clipped to [0, 1]) through ``model``.
+def propagate(model: nn.Module, images: torch.Tensor, eps: float, *, clean: bool = True, elide_last: bool = True,
+              input_range: tuple[float, float] = INPUT_RANGE):
+    """Bounds of the L∞ ball of radius ``eps`` (clipped to ``input_range``, default [0, 1]) through ``model``.
 
+    Inputs outside ``input_range`` and batch-dependent layers (BatchNorm without running statistics
+    in eval mode) are refused: the bounds would not contain the model's outputs.
     Returns ``(clean_logits or None, lower, upper, last)``: with ``elide_last`` and a final Linear
     layer, ``lower``/``upper`` bound its *input* and ``last`` is that layer (for the margin
     specification); otherwise they bound the logits and ``last`` is None.
     """
     check_eps(eps)
+    r_lo, r_hi = check_inputs(images, input_range)
+    check_batch_independent(model)
     plan = layer_plan(model)
     last = plan[-1][1] if elide_last and isinstance(plan[-1][1], nn.Linear) else None
     body = plan[:-1] if last is not None else plan
     x = images if clean else None
-    lo, hi = (images - eps).clamp(0, 1), (images + eps).clamp(0, 1)
+    lo, hi = (images - eps).clamp(r_lo, r_hi), (images + eps).clamp(r_lo, r_hi)
     for _, mod in body:
         x, lo, hi = _step(mod, x, lo, hi)
     logits = last(x) if (last is not None and x is not None) else x
@@ -169,36 +208,47 @@ def margin_bounds_from(lo: torch.Tensor, hi: torch.Tensor, last: nn.Linear | Non
 
 
 def margin_lower_bounds(model: nn.Module, images: torch.Tensor, eps: float, classes: torch.Tensor | None = None,
-                        elide_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                        elide_last: bool = True, input_range: tuple[float, float] = INPUT_RANGE
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lower bounds N×K of z_p − z_j, p)`` with p = ``classes`` or the model's clean prediction."""
-    logits, lo, hi, last = propagate(model, images, eps, elide_last=elide_last)
+    logits, lo, hi, last = propagate(model, images, eps, elide_last=elide_last, input_range=input_range)
     p = logits.argmax(1) if classes is None else classes.to(images.device)
     return margin_bounds_from(lo, hi, last, p), p
 
 
-def logit_bounds(model: nn.Module, images: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_bounds(model: nn.Module, images: torch.Tensor, eps: float,
+                 input_range: tuple[float, float] = INPUT_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain interval bounds on every logit (no elision)."""
-    _, lo, hi, _ = propagate(model, images, eps, clean=False, elide_last=False)
+    _, lo, hi, _ = propagate(model, images, eps, clean=False, elide_last=False, input_range=input_range)
     return lo, hi
 
 
 @torch.no_grad()
 def certify(model: nn.Module, images: torch.Tensor, eps: float | list[float], *, labels: torch.Tensor | None = None,
-            batch_size: int = 256, device=None, progress: Progress | None = None) -> CertificationResult:
+            batch_size: int = 256, device=None, progress: Progress | None = None,
+            input_range: tuple[float, float] = INPUT_RANGE) -> CertificationResult:
     """Certify each input's predicted class with IBP at L∞ radius ``eps`` (or the largest of a grid).
 
     With a list of ε values the radius of an input is the largest ε of the grid at which it is
     certified (bounds only widen with ε); it abstains if it is not certified at the smallest.
+    ``input_range``: where valid inputs live (the ε-box is clipped to it); inputs outside it are refused.
     """
     grid = sorted(check_eps(float(e)) for e in (eps if isinstance(eps, (list, tuple)) else [eps]))
     require(len(grid) > 0, "give at least one epsilon")
     require(images.ndim == 4 and images.shape[0] > 0,
             f"images must be a non-empty N×C×H×W batch, got shape {tuple(images.shape)}")
     model = as_model(model)
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     layer_plan(model)  # unsupported layers fail before any work
+    check_inputs(images, input_range)
     dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
+    try:
+        check_batch_independent(model)
+    except BadInput:
+        model.train(was_training)
+        raise
     t0 = time.perf_counter()
     n = images.shape[0]
     base = torch.empty(n, dtype=torch.long)
@@ -209,7 +259,7 @@ def certify(model: nn.Module, images: torch.Tensor, eps: float | list[float], *,
         for start in range(0, n, batch_size):
             x = images[start:start + batch_size].to(dev)
             for gi, e in enumerate(grid):
-                lb, p = margin_lower_bounds(model, x, e)
+                lb, p = margin_lower_bounds(model, x, e, input_range=input_range)
                 worst = lb.min(1).values.cpu()
                 min_margin[start:start + len(x), gi] = worst
                 cert = worst > 0

@@ -31,7 +31,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from ..adapter import ModelAdapter, as_model, model_device
+from ..adapter import ModelAdapter, as_model, logits_of, model_device
 from ..errors import check_in_range, require
 from ..training import resolve_device
 from .results import ABSTAIN, CertificationResult
@@ -54,24 +54,54 @@ def check_params(sigma: float | None = None, n0: int | None = None, n: int | Non
         require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
 
 
-def inference_copy(model: nn.Module) -> tuple[nn.Module, bool]:
+def inference_copy(model: nn.Module, probe: torch.Tensor | None = None) -> tuple[nn.Module, bool]:
     """An eval-mode copy with each Conv2d+BatchNorm pair folded into one convolution (``torch.fx``
-    fusion; logits agree to ~1e-7) for channels-last inputs; ``(model, False)`` if it cannot be traced."""
-    if isinstance(model, ModelAdapter):  # fuse the wrapped module; the adapter's preprocessing stays as it is
+    fusion; logits agree to ~1e-7) for channels-last inputs; ``(model, False)`` if it cannot be traced.
+    For a :class:`ModelAdapter` the wrapped module is fused and the adapter's preprocessing kept.
+
+    With a ``probe`` batch the copy is also *run*: if calling it fails or its logits differ from the
+    model's beyond float tolerance (a model that traces but behaves differently, e.g. through Python
+    state the trace froze), the model itself is used."""
+    if isinstance(model, ModelAdapter):
         if model.inner is None or model._fn is not None:
             return model, False
         inner, ok = inference_copy(model.inner)
-        return (model.with_inner(inner), True) if ok else (model, False)
+        if not ok:
+            return model, False
+        fused = model.with_inner(inner)
+        return (fused, True) if probe is None or _agrees(model, fused, probe) else (model, False)
+    was_training = model.training
     try:
         from torch.fx.experimental.optimization import fuse
 
-        was_training = model.training
         model.eval()
-        fused = fuse(model).eval()
-        model.train(was_training)
-        return fused.to(memory_format=torch.channels_last), True
-    except Exception:  # noqa: BLE001 - untraceable models (TorchScript, data-dependent control flow) run as they are
+        fused = fuse(model).eval().to(memory_format=torch.channels_last)
+        if probe is not None and not _agrees(model, fused, probe):
+            return model, False
+        return fused, True
+    except Exception:  # noqa: BLE001 - untraceable or misbehaving copies: the model runs as it is
         return model, False
+    finally:
+        model.train(was_training)
+
+
+def _agrees(model, fused, probe: torch.Tensor) -> bool:
+    """Whether ``fused`` runs on ``probe`` (channels-last) and gives ``model``'s logits to float tolerance."""
+    try:
+        with torch.no_grad():
+            want = logits_of(model(probe))
+            got = logits_of(fused(probe.contiguous(memory_format=torch.channels_last)))
+    except Exception:  # noqa: BLE001 - a copy that cannot run is not used
+        return False
+    tol = 1e-4 * max(1.0, float(want.abs().max()))
+    return got.shape == want.shape and bool(torch.allclose(got, want, rtol=1e-4, atol=tol))
+
+
+def _probe(images: torch.Tensor, sigma: float, dev) -> torch.Tensor:
+    """A few inputs with and without noise, for checking the fused copy (deterministic, own generator)."""
+    x = images[:4].to(dev)
+    g = torch.Generator(device=dev).manual_seed(12345)
+    return torch.cat([x, x + sigma * torch.randn(x.shape, generator=g, device=dev, dtype=x.dtype)])
 
 
 @torch.no_grad()
@@ -85,7 +115,8 @@ def sample_counts(model: nn.Module, images: torch.Tensor, num: int, sigma: float
     batch is always full; counts are accumulated with one ``bincount`` per batch.
     """
     check_params(sigma=sigma, n=num, batch_size=batch_size)
-    require(images.ndim == 4, f"images must be N×C×H×W, got shape {tuple(images.shape)}")
+    require(images.ndim == 4 and images.shape[0] > 0,
+            f"images must be a non-empty N×C×H×W batch, got shape {tuple(images.shape)}")
     dev = resolve_device(device) if device is not None else model_device(model)
     gen = generator if generator is not None else torch.Generator(device=dev).manual_seed(0)
     was_training = model.training
@@ -191,7 +222,7 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
     t0 = time.perf_counter()
     gen = torch.Generator(device=dev).manual_seed(seed)
     span0 = n0 / (n0 + n)
-    fast, cl = inference_copy(model) if fuse else (model, False)
+    fast, cl = inference_copy(model, _probe(images, sigma, dev)) if fuse else (model, False)
     c0 = sample_counts(fast, images, n0, sigma, batch_size=batch_size, generator=gen, device=dev,
                        progress=progress, progress_span=(0.0, span0), channels_last=cl)
     c1 = sample_counts(fast, images, n, sigma, num_classes=c0.shape[1], batch_size=batch_size, generator=gen,
@@ -210,10 +241,12 @@ def predict(model: nn.Module, images: torch.Tensor, sigma: float, *, n: int = 10
     """The smoothed classifier's PREDICT on every input (no radius: ``radii`` are 0)."""
     check_params(sigma=sigma, n=n, alpha=alpha, batch_size=batch_size)
     model = as_model(model)
+    require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
+            f"got shape {tuple(images.shape)}")
     dev = resolve_device(device) if device is not None else model_device(model)
     t0 = time.perf_counter()
     gen = torch.Generator(device=dev).manual_seed(seed)
-    fast, cl = inference_copy(model) if fuse else (model, False)
+    fast, cl = inference_copy(model, _probe(images, sigma, dev)) if fuse else (model, False)
     counts = sample_counts(fast, images, n, sigma, batch_size=batch_size, generator=gen, device=dev,
                            progress=progress, channels_last=cl)
     pred, pval = predict_from_counts(counts, alpha)

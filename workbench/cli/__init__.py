@@ -30,6 +30,7 @@ from . import defend as _defend  # noqa: E402,F401
 from . import diffusion as _diffusion  # noqa: E402,F401
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("workbench: aborted", file=sys.stderr)
         code = EXIT_INTERNAL
+    except KeyboardInterrupt:  # Ctrl-C: the staged output folder was already removed, the old one kept
+        print("workbench: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except click.exceptions.ClickException as exc:  # usage errors: unknown option, missing argument, bad value
         exc.show(file=sys.stderr)
         code = EXIT_BAD_INPUT

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from ..atomic import StagedDir
 from ..errors import BadInput
 from ..models import save_model
 from ..report import write_report
-from .base import DataOpt, DeviceOpt, SeedOpt, attack_app, console, done, progress_bar
+from .base import DataOpt, DeviceOpt, SeedOpt, attack_app, check_out_option, console, done, progress_bar
 
 
 def _target(value: str) -> int | None:
@@ -23,7 +24,8 @@ def _target(value: str) -> int | None:
 
 TargetOpt = typer.Option("0", "--target", "-t", help="Target class index, or 'all' for all-to-all (y → y+1).")
 RateOpt = typer.Option(0.05, "--rate", "-r", help="Share of the training set to poison, in (0, 1).")
-OutOpt = typer.Option(..., "--out", "-o", help="Folder for the report and the backdoored model.")
+OutOpt = typer.Option(..., "--out", "-o", help="Folder for the report and the backdoored model.",
+                      callback=check_out_option)
 ModeOpt = typer.Option("dirty", "--mode", help="dirty (relabel to the target) or clean (stamp target-class "
                                                "images only, labels unchanged).")
 ModelOpt = typer.Option("cnn", "--model", "-m", help="Zoo architecture of the victim: cnn or resnet.")
@@ -40,9 +42,9 @@ def _run(attack: str, data: str, rate: float, target: str, out: Path, *, mode: s
         result = run_backdoor_attack(data, attack, rate, _target(target), seed=seed, epochs=epochs or None,
                                      arch=model, device=device, mode=mode, clean_reference=clean_reference,
                                      progress=progress, **trigger_params)
-    save_model(result.model, out, result.card)
-    summary = result.summary()
-    paths = write_report(summary, out, title=f"Backdoor attack: {attack} on {data}")
+    with StagedDir(out) as stage:
+        save_model(result.model, stage, result.card)
+        paths = stage.final(write_report(result.summary(), stage, title=f"Backdoor attack: {attack} on {data}"))
     m = result.metrics
     line = (f"CA [bold]{100 * m.clean_accuracy:.2f}%[/bold]  ASR [bold]{100 * m.attack_success_rate:.2f}%[/bold]  "
             f"({len(result.poisoned.poisoned_indices)} poisoned, {result.history.seconds:.1f} s training)")
@@ -102,12 +104,12 @@ def bilevel(data: str = DataOpt,
                                     outer_steps=outer_steps, reinit_every=reinit_every, simclr_epochs=simclr_epochs,
                                     seed=seed, device=device, compare_patch=compare, compare_clean=compare,
                                     progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
     gen = result.trigger.trigger.generator
     state = {k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}
-    atomic_write(out / "trigger_generator.safetensors", lambda p: save_file(
-        state, str(p), metadata={"epsilon": str(result.trigger.epsilon), "channels": str(gen.out.out_channels)}))
-    paths = write_report(result.summary(), out, title=f"BLTO backdoor against SimCLR on {data}")
+    with StagedDir(out) as stage:
+        atomic_write(stage / "trigger_generator.safetensors", lambda p: save_file(
+            state, str(p), metadata={"epsilon": str(result.trigger.epsilon), "channels": str(gen.out.out_channels)}))
+        paths = stage.final(write_report(result.summary(), stage, title=f"BLTO backdoor against SimCLR on {data}"))
     m = result.victim.metrics
     console.print(f"victim clean probe accuracy [bold]{100 * m.clean_accuracy:.2f}%[/bold]  ASR "
                   f"[bold]{100 * m.attack_success_rate:.2f}%[/bold]")

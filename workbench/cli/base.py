@@ -12,6 +12,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..atomic import check_out_dir
+from ..errors import BadInput, check_in_range
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Interpretability and robustness workbench for PyTorch image models.")
 attack_app = typer.Typer(no_args_is_help=True, help="Run an attack, train the victim and measure it.")
@@ -35,11 +38,50 @@ class _State:
 STATE = _State()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"workbench {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+            version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                         help="Print the version and exit.")) -> None:
     STATE.debug = debug
     STATE.quiet = quiet
+
+
+def _check_device(value: str | None) -> str | None:
+    """``--device`` must name a device this machine has, checked before any work."""
+    from ..training import resolve_device
+
+    if value is not None:
+        resolve_device(value)
+    return value
+
+
+def _check_seed(value: int | None) -> int | None:
+    if value is not None and not 0 <= value < 2 ** 32:
+        raise BadInput(f"--seed must be an integer in 0..{2 ** 32 - 1}, got {value}")
+    return value
+
+
+def check_out_option(value: Path | None) -> Path | None:
+    """``--out`` must be a folder the run can replace (not a file, writable), checked before any work."""
+    if value is not None:
+        check_out_dir(value)
+    return value
+
+
+def check_fraction_option(value: float | None, name: str = "threshold") -> float | None:
+    """A ``--fail-*`` share must be a number in [0, 1] (NaN would silently disable the gate)."""
+    if value is not None:
+        check_in_range(name, value, 0.0, 1.0)
+    return value
 
 
 DataOpt = typer.Option("mnist10k", "--data", "-d",
@@ -54,8 +96,8 @@ WeightsOpt = typer.Option(None, "--weights", help="Trained weights (.safetensors
 TrustOpt = typer.Option(False, "--trust-code", help="Allow models that run code stored with them: TorchScript "
                                                     "archives and model cards that name a factory. Off by default; "
                                                     "use it only for files you trust.")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.")
-SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.", callback=_check_device)
+SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice (0 to 2**32 - 1).", callback=_check_seed)
 
 
 @contextlib.contextmanager

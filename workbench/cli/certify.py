@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import BadInput, require
+from ..atomic import StagedDir
+from ..errors import require
 from .base import (
     MODEL_HELP,
     DataOpt,
@@ -14,8 +15,11 @@ from .base import (
     SeedOpt,
     TrustOpt,
     WeightsOpt,
+    _check_seed,
     app,
     attack_app,
+    check_fraction_option,
+    check_out_option,
     console,
     done,
     open_model,
@@ -32,13 +36,16 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
             n: int = typer.Option(1000, "--n", help="Smoothing: estimation samples."),
             alpha: float = typer.Option(0.001, "--alpha", help="Smoothing: failure probability in (0, 1)."),
             eps: float = typer.Option(0.05, "--eps", help="IBP: L∞ radius ε (>= 0)."),
-            limit: int = typer.Option(200, "--limit", help="Certify at most this many test images (0 = all)."),
+            limit: int = typer.Option(200, "--limit", min=0, help="Certify at most this many test images (0 = all)."),
             batch_size: int = typer.Option(1000, "--batch-size", help="Rows per forward pass."),
-            out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="Folder for the report."),
+            out: Path = typer.Option(Path("runs/certify"), "--out", "-o", help="Folder for the report.",
+                                     callback=check_out_option),
             fail_abstain: float = typer.Option(None, "--fail-abstain",
-                                               help="Exit 3 if the abstain rate exceeds this share."),
-            seed: int = typer.Option(0, "--seed", help="Seed of the smoothing noise and of the --limit sample "
-                                                       "(the test split is the model's own, from its card)."),
+                                               callback=lambda v: check_fraction_option(v, "--fail-abstain"),
+                                               help="Exit 3 if the abstain rate exceeds this share, in [0, 1]."),
+            seed: int = typer.Option(0, "--seed", callback=_check_seed,
+                                     help="Seed of the smoothing noise and of the --limit sample "
+                                          "(the test split is the model's own, from its card)."),
             device: str = DeviceOpt) -> None:
     """Certify a model's held-out predictions; report accuracy, abstain rate, certified accuracy vs radius, ACR.
 
@@ -46,11 +53,19 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     split as its training run), else every image of --data; --seed never changes the split.
     """
     from ..certify import certify_ibp, certify_smoothing
+    from ..certify.intervals import check_eps
+    from ..certify.smoothing import check_params
     from ..data import held_out, load_dataset
+    from ..limits import check_batch
     from ..report import write_report
 
     require(method in ("smoothing", "ibp"), f"unknown method {method!r}; use smoothing or ibp")
+    if method == "smoothing":
+        check_params(sigma=sigma, n0=n0, n=n, alpha=alpha)
+    else:
+        check_eps(eps)
     ds = load_dataset(data)
+    check_batch(batch_size, ds.input_shape)
     loaded = open_model(model, ds, weights=weights, trust_code=trust_code, device=device, what=data)
     split = held_out(ds, loaded.card.provenance)
     test = split.data
@@ -62,18 +77,19 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
             res = certify_smoothing(loaded.model, test.images, sigma, n0=n0, n=n, alpha=alpha, labels=test.labels,
                                     batch_size=batch_size, seed=seed, device=device, progress=progress)
         else:
-            if eps < 0:
-                raise BadInput(f"epsilon must be >= 0, got {eps}")
             grid = sorted({eps * f for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)})
             res = certify_ibp(loaded.model, test.images, [eps], labels=test.labels, device=device, progress=progress)
             curve = certify_ibp(loaded.model, test.images, grid, labels=test.labels, device=device)
             res.extra["curve_radii"], res.extra["curve_accuracy"] = curve.certified_curve(grid)
     res.params["images"] = split.note
-    paths = write_report(res, out, title=f"Certification ({method}) of {model} on {data}")
+    with StagedDir(out) as stage:
+        paths = stage.final(write_report(res, stage, title=f"Certification ({method}) of {model} on {data}"))
     console.print(f"accuracy {100 * res.accuracy:.1f}% · abstain {100 * res.abstain_rate:.1f}% · "
                   f"ACR {res.average_certified_radius:.3f} on {len(res)} inputs ({res.seconds:.1f} s)")
     done(paths)
     if fail_abstain is not None and res.abstain_rate > fail_abstain:
+        console.print(f"[red]abstain rate {100 * res.abstain_rate:.1f}% is over --fail-abstain "
+                      f"{100 * fail_abstain:g}%[/red]: exit 3")
         raise typer.Exit(3)
 
 
@@ -90,7 +106,8 @@ def availability(data: str = DataOpt,
                  width: int = typer.Option(0, "--width", help="CNN width (0 = the zoo default)."),
                  design: str = typer.Option("noise-directions", "--design", help="noise-directions or random-labels."),
                  patch: int = typer.Option(6, "--patch", help="Size of the mid-grey corner patch trigger."),
-                 out: Path = typer.Option(Path("runs/availability"), "--out", "-o", help="Folder for the report."),
+                 out: Path = typer.Option(Path("runs/availability"), "--out", "-o", help="Folder for the report.",
+                                          callback=check_out_option),
                  seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Poison, train clean and poisoned victims, certify clean and triggered inputs, write the report."""
     from attacks.availability import default_trigger, run_availability
@@ -104,13 +121,17 @@ def availability(data: str = DataOpt,
 
         check_params(sigma=sigma, n0=n0, n=n, alpha=alpha)
     else:
-        require(eps > 0, f"epsilon must be > 0 for the IBP attack, got {eps}")
+        from ..certify.intervals import check_eps
+
+        require(check_eps(eps) > 0, f"epsilon must be > 0 for the IBP attack, got {eps}")
     ds = load_dataset(data)
     with progress_bar(f"availability attack on {certifier}") as progress:
         res = run_availability(ds, certifier, rate, trigger=default_trigger(patch), seed=seed, sigma=sigma, eps=eps,
                                n0=n0, n=n, alpha=alpha, n_test=n_test, epochs=epochs or None, width=width or None,
                                design=design, device=device, progress=progress)
-    paths = write_report(res, out, title=f"Availability attack on {certifier} ({100 * rate:g}% poison, {data})")
+    with StagedDir(out) as stage:
+        paths = stage.final(write_report(res, stage, title=f"Availability attack on {certifier} "
+                                                          f"({100 * rate:g}% poison, {data})"))
     console.print(f"fallback on triggered inputs: poisoned model {100 * res.fallback('poisoned', 'triggered'):.1f}%, "
                   f"clean model {100 * res.fallback('clean', 'triggered'):.1f}%; on clean inputs: poisoned "
                   f"{100 * res.fallback('poisoned', 'clean'):.1f}%, clean {100 * res.fallback('clean', 'clean'):.1f}%")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..atomic import atomic_write_text
+from ..atomic import StagedDir, atomic_write_text
 from ..errors import BadInput, require
 from ..report import write_report
 from .base import (
@@ -20,6 +20,7 @@ from .base import (
     TrustOpt,
     WeightsOpt,
     app,
+    check_out_option,
     console,
     defend_app,
     done,
@@ -45,7 +46,8 @@ def nab(data: str = DataOpt,
         arch: str = typer.Option("cnn", "--arch", help=ARCH_HELP),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines",
                                        help="Also run the remove-detected-and-retrain baseline."),
-        out: Path = typer.Option(Path("runs/nab"), "--out", "-o", help="Folder for the report and NAB model."),
+        out: Path = typer.Option(Path("runs/nab"), "--out", "-o", help="Folder for the report and NAB model.",
+                                 callback=check_out_option),
         seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Run NAB end to end: poison, train the victim, detect, pseudo-label, stamp, retrain, evaluate."""
     from defenses.nab import run_nab
@@ -63,8 +65,9 @@ def nab(data: str = DataOpt,
                      provenance={**res.provenance, "defense": "NAB", "stamp_at_test_time": res.defense_trigger,
                                  "clean_accuracy": res.nab.clean_accuracy,
                                  "attack_success_rate": res.nab.attack_success_rate})
-    save_model(res.model, out, card)
-    paths = write_report(res, out, title=f"NAB against {attack} on {data}")
+    with StagedDir(out) as stage:
+        save_model(res.model, stage, card)
+        paths = stage.final(write_report(res, stage, title=f"NAB against {attack} on {data}"))
     for r in res.rows():
         console.print(f"{r.defense:<28} CA {100 * r.clean_accuracy:6.2f}%  ASR {100 * r.attack_success_rate:6.2f}%  "
                       f"RA {100 * r.robust_accuracy:6.2f}%  DER {'  —  ' if r.der is None else f'{r.der:.3f}'}")
@@ -106,7 +109,8 @@ def detect_cmd(data: str = DataOpt,
                                         + ARCH_HELP),
                truth: Path = typer.Option(None, "--truth", help="Known poisoned indices (.npy or text) to score "
                                           "precision, recall and AUROC."),
-               out: Path = typer.Option(Path("runs/detect"), "--out", "-o", help="Folder for the report."),
+               out: Path = typer.Option(Path("runs/detect"), "--out", "-o", help="Folder for the report.",
+                                        callback=check_out_option),
                seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Find suspected poisoned samples in a dataset; writes a report and flagged.csv (index, score)."""
     from defenses.detectors import check_ratio, detect, summarize_detection
@@ -137,9 +141,11 @@ def detect_cmd(data: str = DataOpt,
         res = detect(method, ds, net, ratio, layer=layer, seed=seed, device=device, lga_epochs=lga_epochs,
                      arch=arch, poisoned_indices=idx, progress=progress)
     summary = summarize_detection(res, ds, idx)
-    paths = write_report(summary, out, title=f"Poison detection ({method}) on {data}")
+    with StagedDir(out) as stage:
+        paths = stage.final(write_report(summary, stage, title=f"Poison detection ({method}) on {data}"))
+        atomic_write_text(stage / "flagged.csv",
+                          "index,score\n" + "".join(f"{int(i)},{float(res.scores[i]):.6g}\n" for i in res.flagged))
     csv = out / "flagged.csv"
-    atomic_write_text(csv, "index,score\n" + "".join(f"{int(i)},{float(res.scores[i]):.6g}\n" for i in res.flagged))
     msg = f"flagged {len(res.flagged)} of {len(ds)} samples"
     if res.quality is not None:
         q = res.quality

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..atomic import StagedDir
 from ..data import load_dataset, stratified_subset
 from ..errors import BadInput, require
 from ..report import write_report
@@ -18,6 +19,7 @@ from .base import (
     TrustOpt,
     WeightsOpt,
     app,
+    check_out_option,
     console,
     done,
     open_model,
@@ -48,7 +50,8 @@ def saliency(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
              n: int = typer.Option(16, "--n", help="Number of images (a seeded stratified sample)."),
              target: str = typer.Option("predicted", "--target",
                                         help="Class to explain: predicted, true, or a class index."),
-             out: Path = typer.Option(Path("runs/saliency"), "--out", "-o", help="Folder for the report."),
+             out: Path = typer.Option(Path("runs/saliency"), "--out", "-o", help="Folder for the report.",
+                                      callback=check_out_option),
              combine: str = typer.Option("geometric", "--combine", help="Layer combination: geometric or sum."),
              box: str = typer.Option("", "--box", help="Pointing-game box y0,x0,y1,x1 (pixels, half-open)."),
              sanity: bool = typer.Option(True, "--sanity/--no-sanity",
@@ -83,7 +86,8 @@ def saliency(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     with progress_bar("saliency") as progress:
         res = explain(loaded.model, sub.images, meths, lays, tgt, labels=sub.labels, class_names=ds.class_names,
                       boxes=boxes, sanity=sanity, combine=combine, n_steps=steps, progress=progress)
-    paths = write_report(res, out, title=f"Saliency: {', '.join(meths)} on {data}")
+    with StagedDir(out) as stage:
+        paths = stage.final(write_report(res, stage, title=f"Saliency: {', '.join(meths)} on {data}"))
     from rich.table import Table
 
     cols, rows = res.metrics_table()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..atomic import StagedDir
 from ..errors import BadInput, require
 from ..layers import default_cam_layer, default_feature_layer, describe_layers
 from ..models import save_model
@@ -20,6 +21,7 @@ from .base import (
     TrustOpt,
     WeightsOpt,
     app,
+    check_out_option,
     console,
     done,
     echo_json,
@@ -31,7 +33,8 @@ from .base import (
 @app.command()
 def train(data: str = DataOpt,
           model: str = typer.Option("cnn", "--model", "-m", help=ARCH_HELP),
-          out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Folder for the model and report."),
+          out: Path = typer.Option(Path("runs/model"), "--out", "-o", help="Folder for the model and report.",
+                                   callback=check_out_option),
           epochs: int = typer.Option(0, "--epochs", help="Training epochs (0 = the architecture's default)."),
           test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out share, stratified."),
           trust_code: bool = TrustOpt, seed: int = SeedOpt, device: str = DeviceOpt) -> None:
@@ -39,8 +42,9 @@ def train(data: str = DataOpt,
     with progress_bar(f"training {model} on {data}") as progress:
         trained = train_classifier(data, model, epochs=epochs or None, seed=seed, test_fraction=test_fraction,
                                    device=device, progress=progress, trust_code=trust_code)
-    save_model(trained.model, out, trained.card)
-    paths = write_report(summarize(trained), out, title=f"Training report: {model} on {data}")
+    with StagedDir(out) as stage:  # the model and its report replace the folder as one unit
+        save_model(trained.model, stage, trained.card)
+        paths = stage.final(write_report(summarize(trained), stage, title=f"Training report: {model} on {data}"))
     console.print(f"test accuracy [bold]{100 * trained.evaluation.accuracy:.2f}%[/bold] "
                   f"({trained.history.seconds:.1f} s training)")
     done({"model": out / "model.safetensors", **paths})

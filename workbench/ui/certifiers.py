@@ -86,7 +86,7 @@ def _vote_histograms(votes: torch.Tensor, class_names: list[str], captions: list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report import figure_png
+    from ..report import figure_png, plain
 
     m = len(votes)
     cols = min(4, m)
@@ -98,8 +98,8 @@ def _vote_histograms(votes: torch.Tensor, class_names: list[str], captions: list
             continue
         ax.bar(range(len(class_names)), votes[i].numpy(), color="tab:orange")
         ax.axhline(votes[i].sum().item() / 2, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(class_names)), class_names, fontsize=6)
-        ax.set_title(captions[i], fontsize=7)
+        ax.set_xticks(range(len(class_names)), [plain(c) for c in class_names], fontsize=6)
+        ax.set_title(plain(captions[i]), fontsize=7)
         ax.tick_params(axis="y", labelsize=6)
     fig.tight_layout()
     return figure_png(fig)

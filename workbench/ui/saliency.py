@@ -33,12 +33,14 @@ def _spatial_layers(loaded) -> list[str]:
 def _uploaded_images(files, input_shape) -> torch.Tensor | None:
     from PIL import Image
 
+    from ..data import open_image
+
     c, h, w = input_shape
     out = []
     for f in files:
         try:
-            im = Image.open(io.BytesIO(f.getvalue()))
-            im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            with open_image(io.BytesIO(f.getvalue()), f.name) as im:  # a decompression bomb is refused unread
+                im = im.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
         except Exception as exc:  # noqa: BLE001 - any unreadable upload is reported, not raised
             st.error(f"Cannot read {f.name}: {exc}")
             return None

@@ -1,0 +1,94 @@
+"""Size limits on what the workbench reads and builds, checked *before* anything is allocated.
+
+A small hostile or broken file can declare far more than it holds: an ``.npz`` of 0.4 MB that
+decompresses to gigabytes, an IDX header that announces 10⁹ images, a PNG of 20,000 × 20,000
+pixels, one label of 10⁹ that would make a list of 10⁹ class names, a model card asking for a
+network of billions of parameters, a batch size of 10⁸. Every loader compares the declared size
+with a limit first and refuses with :class:`~workbench.errors.BadInput` (CLI exit code 2) naming
+the file, the size, the limit and the environment variable that raises it.
+
+The limits are generous for the small image models this workbench is for (the embedded MNIST-10k
+is 7.8 MB decoded; CIFAR-10's training set 150 MB). A user with bigger data raises a limit for one
+run, e.g. ``WORKBENCH_MAX_DATA_BYTES=16G workbench train --data npz:big.npz``. Values accept a plain
+integer, a float such as ``2e9``, or a binary suffix ``K``, ``M``, ``G``, ``T`` (``512M``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import BadInput
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    env: str
+    default: int
+    what: str  # a noun phrase for the docs
+    unit: str  # "bytes", "pixels", ...
+
+
+LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
+    Limit("data_bytes", "WORKBENCH_MAX_DATA_BYTES", 2 << 30,
+          "decoded size of a dataset (all arrays of an .npz, an IDX file after gunzip, all images of a folder)",
+          "bytes"),
+    Limit("image_pixels", "WORKBENCH_MAX_IMAGE_PIXELS", 64 << 20,
+          "pixels of one image in a folder dataset or an upload (width × height)", "pixels"),
+    Limit("classes", "WORKBENCH_MAX_CLASSES", 100_000, "number of classes of a dataset or a model", "classes"),
+    Limit("model_parameters", "WORKBENCH_MAX_MODEL_PARAMETERS", 200_000_000,
+          "parameters of a model built from a model card (before any weight is allocated)", "parameters"),
+    Limit("batch_bytes", "WORKBENCH_MAX_BATCH_BYTES", 1 << 30,
+          "input bytes of one forward batch (batch size × image size × 4)", "bytes"),
+)}
+
+_SUFFIX = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, source: str = "size") -> int:
+    """``"512M"`` → 536870912, ``"2e9"`` → 2000000000, ``"1000"`` → 1000; BadInput otherwise."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    if t and t[-1] in _SUFFIX:
+        mult, t = _SUFFIX[t[-1]], t[:-1]
+    try:
+        value = float(t) * mult
+    except ValueError:
+        raise BadInput(f"{source}: cannot read {text!r} as a size (e.g. 1000, 2e9, 512M, 4G)") from None
+    if not (value == value and 1 <= value < 2 ** 63):
+        raise BadInput(f"{source}: a size must be a positive number below 2**63, got {text!r}")
+    return int(value)
+
+
+def limit(name: str) -> int:
+    """The current value of limit ``name``: its environment variable if set, else the default."""
+    lim = LIMITS[name]
+    raw = os.environ.get(lim.env, "").strip()
+    return parse_size(raw, lim.env) if raw else lim.default
+
+
+def check(name: str, value: int, what: str) -> int:
+    """Raise :class:`BadInput` if ``value`` exceeds limit ``name``; ``what`` names the thing measured."""
+    lim = LIMITS[name]
+    cap = limit(name)
+    if value > cap:
+        raise BadInput(f"{what} is {value:,} {lim.unit}, over the limit of {cap:,} {lim.unit}; "
+                       f"if you trust this input, raise the limit with {lim.env}=N")
+    return int(value)
+
+
+def check_batch(batch_size: int, input_shape, what: str = "--batch-size") -> int:
+    """A batch size must be a positive integer whose input batch fits :data:`LIMITS` ``batch_bytes``."""
+    try:
+        ok = int(batch_size) == batch_size and batch_size >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise BadInput(f"{what} must be an integer >= 1, got {batch_size!r}")
+    elements = 1
+    for s in input_shape:
+        elements *= int(s)
+    check("batch_bytes", int(batch_size) * elements * 4,
+          f"{what} {int(batch_size):,} on inputs {tuple(int(s) for s in input_shape)} asks for a batch that")
+    return int(batch_size)
