@@ -318,3 +318,39 @@ def test_lga_trains_the_users_architecture_at_any_size(zoo, tmp_path, capsys):
                  "--model", zoo["factory"], "--weights", str(zoo["weights"]), "--out", str(tmp_path / "e")]) == 0
     rep = json.loads((tmp_path / "e" / "report.json").read_text())["result"]
     assert rep["params"]["arch"] == "the given model's architecture"
+
+
+def test_zipped_model_folders_load_and_hostile_zips_are_refused(tmp_path):
+    import stat
+    import zipfile
+
+    from workbench.archive import safe_extract
+    from workbench.models import ModelCard, save_model
+    from workbench.zoo import build_model
+
+    net = build_model("cnn", 1, 10, 8, seed=0, width=4).eval()
+    save_model(net, tmp_path / "m", ModelCard("cnn", (1, 8, 8), [str(i) for i in range(10)], {"width": 4}))
+    good = tmp_path / "m.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        for f in (tmp_path / "m").iterdir():
+            zf.write(f, f"m/{f.name}")
+    loaded = load_model(good)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(loaded.model(x), net(x)) and loaded.source == str(good)
+    for name, member, msg in [("slip", "../evil.txt", "outside the folder"), ("abs", "/tmp/evil.txt", "outside"),
+                              ("drive", "C:/evil.txt", "outside")]:
+        bad = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(bad, "w") as zf:
+            zf.writestr(member, "x")
+        with pytest.raises(BadInput, match=msg):
+            safe_extract(bad, tmp_path / f"out-{name}")
+        assert not (tmp_path / f"out-{name}").exists() and not (tmp_path / "evil.txt").exists()
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zf:
+        info = zipfile.ZipInfo("m/model.json")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(BadInput, match="symbolic links"):
+        safe_extract(link, tmp_path / "out-link")
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert main(["-q", "info", str(tmp_path / "junk.zip")]) == 2

@@ -14,6 +14,8 @@ A **model spec** (the CLI's ``--model``, the app's upload, :func:`load_model`) i
   only followed with ``trust_code=True``;
 - a **weights file** (``.safetensors``, ``.pt``, ``.pth``, ``.bin`` state dict) with a ``model.json``
   beside it, or an architecture given here;
+- a **zip** of either folder (one file to upload or pass around), extracted safely into a private
+  temporary folder (:func:`workbench.archive.safe_extract`);
 - a **TorchScript archive**: TorchScript is code, not weights (loading it runs the archive's code),
   so it is refused unless ``trust_code=True``, and then serves only what needs no layer hooks
   (randomized smoothing, accuracy).
@@ -289,6 +291,12 @@ def architecture(spec: str, in_channels: int, num_classes: int, image_size: tupl
     if is_factory_spec(spec) and not Path(spec).exists():
         return _call_factory(spec, kwargs, seed)
     path = Path(spec)
+    if path.suffix.lower() == ".zip" and path.is_file():
+        from .archive import safe_extract
+
+        folder = safe_extract(path, _extraction_dir(path))
+        loaded = load_model(folder, trust_code=trust_code, device=device)
+        return replace(loaded, source=str(path))
     if path.is_dir():
         if (path / "model.json").is_file():
             card = read_card(path / "model.json")
@@ -539,6 +547,19 @@ def _card_beside(path: Path) -> Path | None:
     return next((p for p in (path.with_suffix(".json"), path.parent / "model.json") if p.is_file()), None)
 
 
+_EXTRACTED: list = []  # temporary folders of zipped models, removed when the process exits
+
+
+def _extraction_dir(path: Path) -> Path:
+    """A fresh private folder (0700) for one zipped model; it lives as long as the process, because a
+    loaded model may rebuild its architecture from the extracted config (``LoadedModel.fresh``)."""
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="workbench-model-")
+    _EXTRACTED.append(tmp)
+    return Path(tmp.name)
+
+
 def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_code: bool = False,
                arch: str | None = None, arch_kwargs: dict | None = None,
                input_shape: tuple[int, int, int] | None = None, class_names: list[str] | None = None,
@@ -569,6 +590,12 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_cod
     if not path.exists():
         raise BadInput(f"model not found: {path} (a model is a workbench folder, a transformers folder, a weights "
                        "file with its model.json, or a factory spec path/to/file.py:factory with --weights)")
+    if path.suffix.lower() == ".zip" and path.is_file():
+        from .archive import safe_extract
+
+        folder = safe_extract(path, _extraction_dir(path))
+        loaded = load_model(folder, trust_code=trust_code, device=device)
+        return replace(loaded, source=str(path))
     if path.is_dir():
         if (path / "model.json").is_file():
             card = read_card(path / "model.json")

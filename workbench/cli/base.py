@@ -87,7 +87,8 @@ def check_fraction_option(value: float | None, name: str = "threshold") -> float
 DataOpt = typer.Option("mnist10k", "--data", "-d",
                        help="Dataset spec: mnist10k, digits, npz:PATH, folder:PATH, idx:IMAGES,LABELS.")
 MODEL_HELP = ("Trained model: a workbench folder (model.json + model.safetensors), a transformers folder "
-              "(save_pretrained), a weights file with its model.json, or path/to/file.py:factory (or "
+              "(save_pretrained), a .zip of either folder, a weights file with its model.json, or "
+              "path/to/file.py:factory (or "
               "package.module:factory) with --weights. A factory spec imports and runs that file's code.")
 ARCH_HELP = ("Architecture to train: a zoo name (cnn, resnet), path/to/file.py:factory or package.module:factory "
              "(imports and runs that code), or a transformers folder (its config.json).")

@@ -15,11 +15,12 @@ ICON = ":material/verified_user:"
 URL = "certifiers"
 
 
-def _test_images(ds, n: int, seed: int = 0):
-    from ..data import train_test_split
+def _test_images(ds, loaded, n: int, seed: int = 0):
+    """``n`` images of the model's own held-out split (from its card), or of the whole dataset."""
+    from ..data import held_out
 
-    _, test = train_test_split(ds, 0.2, seed)
-    picked = test.sample(n, seed)
+    test = held_out(ds, loaded.card.provenance).data
+    picked = test.sample(min(n, len(test)), seed)
     return picked.images, picked.labels
 
 
@@ -51,7 +52,7 @@ def _certify_section(loaded, ds) -> None:
         if res is None:
             return
     else:
-        x, y = _test_images(ds, int(n_inputs))
+        x, y = _test_images(ds, loaded, int(n_inputs))
         bar = st.progress(0.0, text="certifying")
         try:
             if method == "smoothing":

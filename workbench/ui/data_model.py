@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from ..data import train_test_split
+from ..data import held_out
+from ..errors import BadInput
 from ..models import LoadedModel, describe_layers
 from ..report import heatmap_png
 from ..training import evaluate, train_classifier
 from .common import (
+    bind_model,
     current_model,
     dataset_picker,
     model_store,
@@ -65,23 +69,28 @@ def render() -> None:
     with tab_upload:
         loaded = upload_model()
         if loaded is not None:
-            set_current_model(loaded)
-            st.success(f"Loaded {loaded.card.arch} for inputs {tuple(loaded.card.input_shape)}")
-            if tuple(loaded.card.input_shape) != tuple(ds.input_shape):
-                st.error(f"The model takes inputs {tuple(loaded.card.input_shape)}, the dataset has "
-                         f"{tuple(ds.input_shape)}: choose a matching dataset.")
-            elif loaded.card.num_classes != ds.num_classes:
-                st.error(f"The model has {loaded.card.num_classes} classes, the dataset {ds.num_classes}.")
+            try:
+                bound = bind_model(loaded, ds)
+            except BadInput as exc:
+                st.error(f"Loaded {loaded.source}, but it does not fit {ds.name}: {exc}")
             else:
-                _, test = train_test_split(ds, 0.2, int(seed))
-                ev = evaluate(loaded.model, test)
-                st.metric("Accuracy on the held-out 20% split", f"{100 * ev.accuracy:.2f}%")
+                set_current_model(bound)
+                split = held_out(ds, bound.card.provenance)
+                ev = evaluate(bound.model, split.data)
+                st.success(f"Loaded {bound.card.arch} from {Path(bound.source).name}: "
+                           f"{bound.card.num_classes} classes, inputs {tuple(bound.card.input_shape)}")
+                st.metric("Accuracy", f"{100 * ev.accuracy:.2f}%", help=f"Evaluated on {len(split.data)} images: "
+                          f"{split.note}")
                 st.image(heatmap_png(ev.confusion, ds.class_names, ds.class_names, "predicted", "true"),
                          caption="Confusion matrix of the uploaded model")
 
     loaded = current_model()
     if loaded is not None:
         with st.expander(f"Current model: {loaded.card.arch} ({loaded.source}) — layers"):
-            layers = describe_layers(loaded.model, loaded.card.input_shape)
-            st.dataframe(pd.DataFrame([{"layer": l.name, "type": l.type, "output": str(l.output_shape),
-                                        "params": l.parameters} for l in layers]), hide_index=True)
+            try:
+                layers = describe_layers(loaded.model, tuple(loaded.card.input_shape or ds.input_shape))
+            except BadInput as exc:
+                st.info(str(exc))
+            else:
+                st.dataframe(pd.DataFrame([{"layer": l.name, "type": l.type, "output": str(l.output_shape),
+                                            "params": l.parameters} for l in layers]), hide_index=True)

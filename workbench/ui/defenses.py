@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ..errors import BadInput
 from .common import cached_dataset, model_store, progress_callback, require_model_and_data, sample_grid
 
 TITLE = "Backdoor defenses"
@@ -148,14 +149,21 @@ def _own_data() -> None:
     method = c1.selectbox("Detector", list(METHODS), format_func=lambda m: METHOD_NAMES[m], key="own_method")
     ratio = c2.number_input("Isolation ratio", 0.01, 0.5, 0.05, 0.01, key="own_ratio")
     layer = _layer_choice("own_layer") if method != "lga" else None
+    own_arch = method == "lga" and loaded.spec is not None
     st.caption("Spectral signatures and activation clustering read the current model's features (it should "
-               "have been trained on this dataset); LGA trains its own model with a flooded loss.")
+               "have been trained on this dataset); LGA trains a fresh copy of the model's architecture with a "
+               "flooded loss" + ("." if own_arch or method != "lga" else
+                                 " (this model cannot be rebuilt untrained, so LGA trains the zoo's cnn)."))
     key = ("defense-own", ds.name, len(ds), loaded.source, method, float(ratio), layer)
     store = model_store()
     if st.button("Detect suspected poison", key="own_run", type="primary"):
         with st.status(f"Running {METHOD_NAMES[method]}…"):
-            store[key] = detect(method, ds, loaded.model, ratio, layer=layer,
-                                progress=progress_callback(st.progress(0.0)))
+            try:
+                store[key] = detect(method, ds, loaded.model, ratio, layer=layer,
+                                    arch=loaded if own_arch else "cnn",
+                                    progress=progress_callback(st.progress(0.0)))
+            except BadInput as exc:
+                st.error(str(exc))
     if key in store:
         _show_detection(store[key], ds.class_names, ds.images, ds.labels)
 

@@ -30,6 +30,21 @@ def _spatial_layers(loaded) -> list[str]:
     return store[key]
 
 
+def _default_layer(loaded) -> str | None:
+    """The library's default CAM layer for this model (declared, else the last spatial layer whose
+    gradient is not identically zero), computed once per model."""
+    from ..layers import default_cam_layer
+
+    store = model_store()
+    key = ("default_cam_layer", id(loaded.model), tuple(loaded.card.input_shape))
+    if key not in store:
+        try:
+            store[key] = default_cam_layer(loaded.model, tuple(loaded.card.input_shape))
+        except BadInput:
+            store[key] = None
+    return store[key]
+
+
 def _uploaded_images(files, input_shape) -> torch.Tensor | None:
     from PIL import Image
 
@@ -84,7 +99,7 @@ def render() -> None:
         return
     images, labels, names = picked
     layers_all = _spatial_layers(loaded)
-    default_layer = getattr(loaded.model, "default_cam_layer", None)
+    default_layer = _default_layer(loaded)
     c1, c2 = st.columns(2)
     methods = c1.multiselect("Methods", method_names(), DEFAULT_METHODS, key="sal_methods")
     layers = c2.multiselect("Layers", layers_all, [default_layer] if default_layer in layers_all else layers_all[-1:],
