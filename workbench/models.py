@@ -294,9 +294,8 @@ def architecture(spec: str, in_channels: int, num_classes: int, image_size: tupl
     if path.suffix.lower() == ".zip" and path.is_file():
         from .archive import safe_extract
 
-        folder = safe_extract(path, _extraction_dir(path))
-        loaded = load_model(folder, trust_code=trust_code, device=device)
-        return replace(loaded, source=str(path))
+        return architecture(str(safe_extract(path, _extraction_dir(path))), in_channels, num_classes, image_size,
+                            seed=seed, arch_kwargs=arch_kwargs, trust_code=trust_code)
     if path.is_dir():
         if (path / "model.json").is_file():
             card = read_card(path / "model.json")
