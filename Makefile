@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test lint app clean
+.PHONY: setup demo test lint app docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,8 @@ lint: setup
 app: setup
 	$(BIN)/streamlit run app.py --server.fileWatcherType none
 
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict && $(BIN)/mkdocs serve
+
 clean:
-	rm -rf runs tests/_artifacts .pytest_cache
+	rm -rf runs tests/_artifacts .pytest_cache site

@@ -26,3 +26,16 @@ BLOCKS = [b for page in PAGES for b in _blocks(page) if not any(s in b[1] for s 
 def test_python_example_runs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write runs/… write into a scratch folder
     exec(compile(block, "<docs>", "exec"), {"__name__": "__docs__"})  # noqa: S102 - our own documentation
+
+
+def test_docs_site_builds_strict(tmp_path):
+    """`mkdocs build --strict`: a broken link, a missing page or an unresolved API reference fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "--site-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "api" / "core" / "index.html").read_text().count("doc-function") > 20
