@@ -450,3 +450,9 @@ def test_class_names_with_markup_render_as_text(tmp_path, capsys):
 
     png = heatmap_png(np.eye(3), list(names), list(names), "$pred$", "$true")
     assert png.startswith(b"\x89PNG")
+    from workbench.report import plain
+    from workbench.ui.certifiers import _vote_histograms
+
+    # the certifier page's vote histograms take the same class names (and captions naming them)
+    assert _vote_histograms(torch.tensor([[3, 1, 0]]), list(names), ["true $x^$"]).startswith(b"\x89PNG")
+    assert plain("$\\alpha$") == "\\$\\alpha\\$"  # printed as typed, not as mathtext's α
