@@ -17,6 +17,13 @@ def test_data_and_model_page_trains_in_browser():
         page.get_by_test_id("stToolbar").first.wait_for(timeout=60_000)
         assert page.get_by_test_id("stAppDeployButton").count() == 0
         assert page.get_by_role("button", name="Deploy").count() == 0
+        # .streamlit/config.toml: server.maxUploadSize = 128, stated under every upload box
+        page.get_by_role("tab", name="Upload a model").click()
+        limits = page.get_by_test_id("stFileUploaderDropzoneInstructions")
+        limits.first.wait_for(timeout=60_000)
+        stated = [t for t in limits.all_inner_texts() if t.strip()]
+        assert stated and all(re.match(r"(Limit )?128(\.0)?\s?MB per file", t.strip()) for t in stated), stated
+        page.get_by_role("tab", name="Train a model").click()
         # choose the small digits dataset
         choose(page, "Dataset", "digits")
         page.get_by_text("digits: 1797 images").wait_for(timeout=60_000)

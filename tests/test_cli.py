@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from workbench.cli import main
 
@@ -10,6 +11,17 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for cmd in ("train", "info", "attack", "defend", "audit", "diffusion"):
         assert cmd in out
+
+
+def test_version_is_the_packages(capsys):
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"workbench {declared}\n"
+    assert main(["--version", "train", "--data", "nosuchdata"]) == 0  # eager: nothing else runs
+    assert capsys.readouterr().out == f"workbench {declared}\n"
 
 
 def test_train_then_info(tmp_path, capsys):

@@ -340,6 +340,14 @@ def _certify(*extra):
     return lambda m: ["certify", "--model", str(m), "--data", "digits", "--limit", "5", *extra]
 
 
+def _rgb_model(d):
+    """A saved 3-channel model (the digits are 1-channel)."""
+    from workbench.models import ModelCard, build_model, save_model
+
+    save_model(build_model("cnn", 3, 10, 8, seed=0), d / "rgb", ModelCard("cnn", (3, 8, 8), [str(i) for i in range(10)]))
+    return str(d / "rgb")
+
+
 OPTION_CASES = {
     "out-is-a-file": (lambda m, d: ["train", "--data", "digits", "--out", str(write(d / "f.txt", "x"))],
                       "is an existing file"),
@@ -372,6 +380,12 @@ OPTION_CASES = {
     "epochs-negative": (lambda m, d: ["train", "--data", "digits", "--epochs", "-2"], "epochs must be >= 1"),
     "certify-wrong-shape": (lambda m, d: ["certify", "--model", str(m), "--data", "mnist10k", "--limit", "5"],
                             "takes inputs"),
+    "audit-embeddings-wrong-channels": (lambda m, d: ["audit", "labels", "--data", "digits", "--method", "embeddings",
+                                                      "--model", _rgb_model(d)], r"takes inputs \(3, 8, 8\)"),
+    "audit-embeddings-wrong-size": (lambda m, d: ["audit", "labels", "--data", "mnist10k", "--method", "embeddings",
+                                                  "--model", str(m)], r"takes inputs \(1, 8, 8\) but mnist10k"),
+    "audit-outliers-wrong-channels": (lambda m, d: ["audit", "labels", "--data", "digits", "--outliers", _rgb_model(d)],
+                                      r"takes inputs \(3, 8, 8\)"),
     "detect-truth-out-of-range": (lambda m, d: ["detect", "--data", "digits", "--model", str(m), "--method", "spectral",
                                                 "--truth", str(write(d / "t.txt", "1 2 99999"))], "must lie in"),
 }
@@ -436,3 +450,9 @@ def test_class_names_with_markup_render_as_text(tmp_path, capsys):
 
     png = heatmap_png(np.eye(3), list(names), list(names), "$pred$", "$true")
     assert png.startswith(b"\x89PNG")
+    from workbench.report import plain
+    from workbench.ui.certifiers import _vote_histograms
+
+    # the certifier page's vote histograms take the same class names (and captions naming them)
+    assert _vote_histograms(torch.tensor([[3, 1, 0]]), list(names), ["true $x^$"]).startswith(b"\x89PNG")
+    assert plain("$\\alpha$") == "\\$\\alpha\\$"  # printed as typed, not as mathtext's α

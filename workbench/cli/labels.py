@@ -21,6 +21,14 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(fh, arr)
 
 
+def _model_for(ds, path: str, data: str):
+    """A saved model whose input shape is the dataset's (a 3-channel model on 1-channel data is bad input)."""
+    loaded = load_model(path)
+    require(tuple(loaded.card.input_shape) == tuple(ds.input_shape),
+            f"the model {path} takes inputs {tuple(loaded.card.input_shape)} but {data} has {tuple(ds.input_shape)}")
+    return loaded.model
+
+
 @audit_app.command("labels")
 def labels_cmd(
     data: str = DataOpt,
@@ -53,8 +61,8 @@ def labels_cmd(
     ds = load_dataset(data)
     net = None
     if method == "embeddings" and pred_probs is None:
-        net = load_model(model).model
-    emb = load_model(outliers).model if outliers is not None else (True if net is not None else False)
+        net = _model_for(ds, model, data)
+    emb = _model_for(ds, outliers, data) if outliers is not None else (True if net is not None else False)
     with progress_bar(f"auditing labels of {data}") as progress:
         audit = audit_labels(ds, pred_probs=pred_probs, model=net if net is not None else model, method=method,
                              folds=folds, epochs=epochs or None, filter_by=filter_by, rank_by=rank_by,
