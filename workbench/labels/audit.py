@@ -1,0 +1,323 @@
+"""The audit: out-of-sample probabilities → confident learning → a :class:`LabelAudit`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import ImageDataset
+from ..errors import require
+from ..training import Progress
+from .issues import FILTER_BY, RANK_BY, find_issues, label_quality_scores
+from .outliers import EmbeddingIssues, embedding_issues
+from .pred_probs import ModelFactory, OutOfSample, cross_val_pred_probs, embedding_pred_probs, load_pred_probs
+from .validation import cleanlab_quiet, validate_labels, validate_pred_probs
+
+#: How many examples to keep images of for the report gallery.
+GALLERY = 24
+
+
+@dataclass
+class LabelAudit:
+    """Everything the audit found. Arrays are indexed like the dataset."""
+
+    dataset: str
+    class_names: list[str]
+    n: int
+    labels: np.ndarray  # given labels
+    pred_probs: np.ndarray  # out-of-sample N×K
+    pred_probs_method: str
+    folds: int
+    out_of_sample_accuracy: float
+    filter_by: str
+    rank_by: str
+    # per flagged example, ranked by score (most likely error first)
+    flagged: np.ndarray
+    suggested: np.ndarray  # argmax of pred_probs, for all N
+    scores: np.ndarray  # label quality score, all N
+    ranked: np.ndarray  # all N indices, ascending score
+    # health
+    num_flagged: int
+    estimated_errors: int
+    estimate_method: str
+    estimated_error_rate: float
+    flagged_vs_estimate: str
+    health_score: float
+    per_class: list[dict]
+    overlapping: list[dict]
+    confident_joint: np.ndarray
+    joint: np.ndarray  # P(given=i, true=j)
+    noise_matrix: np.ndarray  # P(given=i | true=j)
+    embedding: EmbeddingIssues | None = None
+    seconds_pred_probs: float = 0.0
+    seconds_cleanlab: float = 0.0
+    seconds_total: float = 0.0
+    fold_accuracies: list[float] = field(default_factory=list)
+    _gallery_images: Any = field(default=None, repr=False)  # images of the top GALLERY ranked examples
+
+    @property
+    def flagged_rate(self) -> float:
+        return self.num_flagged / self.n
+
+    def flagged_rows(self, limit: int | None = None) -> list[dict]:
+        """Index, given label, suggested label, p(given), p(suggested), score per flagged example."""
+        idx = self.flagged if limit is None else self.flagged[:limit]
+        pg = self.pred_probs[idx, self.labels[idx]]
+        ps = self.pred_probs[idx, self.suggested[idx]]
+        return [{"index": int(i), "given": int(self.labels[i]), "suggested": int(self.suggested[i]),
+                 "p_given": float(a), "p_suggested": float(b), "score": float(self.scores[i])}
+                for i, a, b in zip(idx, pg, ps, strict=False)]
+
+    def review_template(self) -> str:
+        """CSV for reviewers: one row per flagged example, the verdict column left empty."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["index", "given", "suggested", "given_name", "suggested_name", "score", "verdict"])
+        for r in self.flagged_rows():
+            w.writerow([r["index"], r["given"], r["suggested"], self.class_names[r["given"]],
+                        self.class_names[r["suggested"]], f"{r['score']:.5f}", ""])
+        return buf.getvalue()
+
+    def report_sections(self):
+        from ..report import Heatmap, ImageGrid, Metrics, Table, Text
+
+        names = self.class_names
+        secs = [
+            Metrics("Dataset health", {
+                "dataset": self.dataset, "examples": self.n,
+                "probabilities": f"{self.pred_probs_method} ({self.folds} folds)" if self.folds else self.pred_probs_method,
+                "out-of-sample accuracy": f"{100 * self.out_of_sample_accuracy:.2f}%",
+                f"estimated label errors ({self.estimate_method})":
+                    f"{self.estimated_errors} ({100 * self.estimated_error_rate:.2f}%)",
+                f"flagged ({self.filter_by})": f"{self.num_flagged} ({100 * self.flagged_rate:.2f}%)",
+                "overall label health score": round(self.health_score, 4),
+                "ranked by": self.rank_by,
+                "time: probabilities / cleanlab / total (s)":
+                    f"{self.seconds_pred_probs:.1f} / {self.seconds_cleanlab:.2f} / {self.seconds_total:.1f}"}),
+            Text("Why the flagged count differs from the estimate", self.flagged_vs_estimate),
+        ]
+        if self._gallery_images is not None and len(self.flagged):
+            k = min(len(self._gallery_images), len(self.flagged))
+            rows = self.flagged_rows(k)
+            secs.append(ImageGrid(f"Top {k} flagged examples (given → suggested)", self._gallery_images[:k],
+                                  [f"#{r['index']}: {names[r['given']]} → {names[r['suggested']]} "
+                                   f"({r['p_suggested']:.2f})" for r in rows], columns=8, scale=3))
+        secs.append(Table("Flagged examples (most likely errors first)",
+                          ["index", "given", "suggested", "p(given)", "p(suggested)", "score"],
+                          [[r["index"], names[r["given"]], names[r["suggested"]], round(r["p_given"], 4),
+                            round(r["p_suggested"], 4), round(r["score"], 5)] for r in self.flagged_rows(200)],
+                          note=f"{self.num_flagged} flagged; the first 200 shown. The full ranking of all "
+                               f"{self.n} examples is in report.json (ranked, scores)."))
+        cols = ["class", "examples", "flagged", "% flagged", "label issues", "inverse label issues",
+                "label noise", "inverse label noise", "label quality"]
+        secs.append(Table("Per-class health (cleanlab.dataset.rank_classes_by_label_quality)", cols,
+                          [[r[c] for c in cols] for r in self.per_class],
+                          note="label issues: estimated examples given this class whose true class differs; "
+                               "label noise: that count over the class size; label quality = 1 − label noise."))
+        secs.append(Heatmap("Estimated joint P(given, true) × N", np.round(self.joint * self.n).astype(int),
+                            names, names, xlabel="true label (estimated)", ylabel="given label"))
+        secs.append(Heatmap("Estimated noise matrix P(given | true)", np.round(self.noise_matrix, 3), names, names,
+                            xlabel="true label (estimated)", ylabel="given label"))
+        if self.overlapping:
+            secs.append(Table("Most overlapping class pairs (cleanlab.dataset.find_overlapping_classes)",
+                              ["class A", "class B", "overlapping examples", "joint probability"],
+                              [[r["class_a"], r["class_b"], r["num_overlapping"], round(r["joint_probability"], 5)]
+                               for r in self.overlapping]))
+        if self.embedding is not None:
+            e = self.embedding
+            out_idx = np.argsort(e.outlier_scores)[:10]
+            secs.append(Metrics("Outliers and near-duplicates (embeddings)", {
+                "metric / k": f"{e.metric} / {e.k}", "outliers": e.num_outliers,
+                "examples in near-duplicate sets": e.num_near_duplicates,
+                "most outlying": ", ".join(str(int(i)) for i in out_idx)}))
+        return secs
+
+
+def _explain(filter_by: str, num_flagged: int, estimated: int, n_reduced: int) -> str:
+    how = {
+        "prune_by_noise_rate": "prune_by_noise_rate removes, for every off-diagonal cell (given i, true j) of the "
+                               "calibrated confident joint, that many examples of given label i with the largest "
+                               "margin p_j − p_i",
+        "prune_by_class": "prune_by_class removes, per given class, as many examples as its off-diagonal row "
+                          "count, those with the lowest p(given)",
+        "both": "both keeps only examples removed by prune_by_class and by prune_by_noise_rate",
+        "confident_learning": "confident_learning flags the uncalibrated off-diagonal examples of the confident joint",
+        "predicted_neq_given": "predicted_neq_given flags every example whose argmax is not its given label, "
+                               "confident or not",
+        "low_normalized_margin": "low_normalized_margin flags the uncalibrated off-diagonal count of lowest "
+                                 "normalized-margin examples",
+        "low_self_confidence": "low_self_confidence flags the uncalibrated off-diagonal count of lowest "
+                               "self-confidence examples",
+        "paper": "the paper's setting flags the uncalibrated off-diagonal count (cleanlab's num_label_issues) of "
+                 "lowest normalized-margin examples",
+    }[filter_by]
+    rel = "fewer than" if num_flagged < estimated else ("more than" if num_flagged > estimated else "as many as")
+    tail = ("; cleanlab then drops flags whose model prediction equals the given label"
+            if filter_by not in ("low_normalized_margin", "low_self_confidence", "paper") else "")
+    return (f"{num_flagged} flagged is {rel} the {estimated} estimated: the estimate is N·(1 − trace) of the "
+            f"calibrated joint (a rate, rows rescaled to the given-label counts), while {how}{tail}. "
+            f"{n_reduced} examples have an out-of-sample argmax different from their given label.")
+
+
+def audit_labels(ds: ImageDataset, *, pred_probs: Any = None, model: str | ModelFactory | nn.Module = "cnn",
+                 method: str = "kfold", folds: int = 5, epochs: int | None = None,
+                 filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
+                 embeddings: bool | np.ndarray | nn.Module = False, embedding_layer: str | None = None,
+                 n_jobs: int | None = None, seed: int = 0, device: str | torch.device | None = "cpu",
+                 progress: Progress | None = None) -> LabelAudit:
+    """Audit ``ds``'s labels.
+
+    Probabilities: ``pred_probs`` (an array, an :class:`OutOfSample`, or a path to a ``.npy``)
+    when given; else ``method="kfold"`` (train ``model`` — a zoo name or factory — per fold) or
+    ``method="embeddings"`` (``model`` must be a trained ``nn.Module``; cross-validated logistic
+    regression on its penultimate features). ``embeddings`` adds Datalab-style outlier and
+    near-duplicate detection: ``True`` (the features of the embeddings method, or of ``model``
+    if it is a trained module), an N×D array, or a trained module to embed with.
+    ``n_jobs`` goes to cleanlab (use 1 inside Streamlit).
+    """
+    from cleanlab.count import (
+        compute_confident_joint,
+        estimate_joint,
+        estimate_latent,
+        num_label_issues,
+    )
+    from cleanlab.dataset import (
+        find_overlapping_classes,
+        overall_label_health_score,
+        rank_classes_by_label_quality,
+    )
+
+    t_start = time.perf_counter()
+    labels = validate_labels(ds.labels, ds.num_classes)
+    require(filter_by in FILTER_BY, f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")
+    require(rank_by in RANK_BY, f"unknown rank_by {rank_by!r}; choose one of {', '.join(RANK_BY)}")
+    require(method in ("kfold", "embeddings"), f"method must be kfold or embeddings, got {method!r}")
+    present = np.unique(labels)
+    require(len(present) >= 2, "the labels hold a single class: nothing to audit")
+    oos: OutOfSample
+    if pred_probs is not None:
+        if isinstance(pred_probs, OutOfSample):
+            oos = pred_probs
+            pp = validate_pred_probs(oos.pred_probs, len(ds), ds.num_classes)
+        else:
+            if isinstance(pred_probs, (str, Path)):
+                pp = load_pred_probs(pred_probs, len(ds), ds.num_classes)
+                src = f"file:{Path(pred_probs).name}"
+            else:
+                pp = validate_pred_probs(pred_probs, len(ds), ds.num_classes)
+                src = "given"
+            oos = OutOfSample(pp, src, 0, float((pp.argmax(1) == labels).mean()))
+    elif method == "embeddings":
+        require(isinstance(model, nn.Module), "method 'embeddings' needs a trained model (an nn.Module)")
+        oos = embedding_pred_probs(ds, model, layer=embedding_layer, folds=folds, seed=seed, progress=progress)
+        pp = oos.pred_probs
+    else:
+        require(isinstance(model, str) or callable(model),
+                "method 'kfold' needs a zoo architecture name or a model factory")
+        oos = cross_val_pred_probs(ds, model, folds=folds, epochs=epochs, seed=seed, device=device,
+                                   progress=progress)
+        pp = oos.pred_probs
+    if progress is not None:
+        progress(1.0, "confident learning")
+
+    t0 = time.perf_counter()
+    with cleanlab_quiet():
+        cj = compute_confident_joint(labels, pp, calibrate=True)
+        mask = find_issues(labels, pp, filter_by=filter_by, n_jobs=n_jobs, confident_joint=cj)
+        scores = label_quality_scores(labels, pp, rank_by)
+        joint = estimate_joint(labels, pp, confident_joint=cj)
+        _py, nm, _inv = estimate_latent(cj, labels)
+        est = int(num_label_issues(labels, pp, estimation_method="off_diagonal_calibrated"))
+        health = float(overall_label_health_score(labels, pp, confident_joint=cj, verbose=False))
+        kw = {"joint": joint, "num_examples": len(labels)}
+        by_class = rank_classes_by_label_quality(class_names=list(ds.class_names), **kw)
+        overlap = find_overlapping_classes(class_names=list(ds.class_names), **kw)
+    flagged = np.flatnonzero(mask)
+    flagged = flagged[np.argsort(scores[flagged], kind="stable")]
+    ranked = np.argsort(scores, kind="stable")
+    t_cl = time.perf_counter() - t0
+
+    counts = np.bincount(labels, minlength=ds.num_classes)
+    fl_counts = np.bincount(labels[flagged], minlength=ds.num_classes)
+    per_class = []
+    for _, r in by_class.iterrows():
+        k = int(r["Class Index"])
+        per_class.append({"class": ds.class_names[k], "index": k, "examples": int(counts[k]),
+                          "flagged": int(fl_counts[k]),
+                          "% flagged": round(100 * fl_counts[k] / max(counts[k], 1), 2),
+                          "label issues": int(r["Label Issues"]),
+                          "inverse label issues": int(r["Inverse Label Issues"]),
+                          "label noise": round(float(r["Label Noise"]), 4),
+                          "inverse label noise": round(float(r["Inverse Label Noise"]), 4),
+                          "label quality": round(float(r["Label Quality Score"]), 4)})
+    overlapping = [{"class_a": str(r["Class Name A"]), "class_b": str(r["Class Name B"]),
+                    "index_a": int(r["Class Index A"]), "index_b": int(r["Class Index B"]),
+                    "num_overlapping": int(r["Num Overlapping Examples"]),
+                    "joint_probability": float(r["Joint Probability"])}
+                   for _, r in overlap.head(10).iterrows() if int(r["Num Overlapping Examples"]) > 0]
+
+    emb = None
+    if embeddings is not False and embeddings is not None:
+        feats = None
+        if isinstance(embeddings, np.ndarray) or isinstance(embeddings, torch.Tensor):
+            feats = embeddings
+        elif isinstance(embeddings, nn.Module):
+            from ..hooks import layer_outputs
+
+            feats = layer_outputs(embeddings, ds.images, embedding_layer)
+        elif oos.features is not None:
+            feats = oos.features
+        elif isinstance(model, nn.Module):
+            from ..hooks import layer_outputs
+
+            feats = layer_outputs(model, ds.images, embedding_layer)
+        require(feats is not None, "outlier and near-duplicate detection needs embeddings: pass a trained model "
+                                   "or an N×D feature array")
+        require(len(feats) == len(ds), f"embeddings have {len(feats)} rows for {len(ds)} examples")
+        emb = embedding_issues(feats)
+
+    suggested = pp.argmax(1)
+    n_neq = int((suggested != labels).sum())
+    top = ranked[:GALLERY] if len(flagged) == 0 else flagged[:GALLERY]
+    return LabelAudit(
+        dataset=ds.name, class_names=list(ds.class_names), n=len(ds), labels=labels, pred_probs=pp,
+        pred_probs_method=oos.method, folds=oos.folds, out_of_sample_accuracy=oos.accuracy,
+        filter_by=filter_by, rank_by=rank_by, flagged=flagged, suggested=suggested, scores=scores, ranked=ranked,
+        num_flagged=int(len(flagged)), estimated_errors=est, estimate_method="off_diagonal_calibrated",
+        estimated_error_rate=est / len(ds), flagged_vs_estimate=_explain(filter_by, len(flagged), est, n_neq),
+        health_score=health, per_class=per_class, overlapping=overlapping, confident_joint=np.asarray(cj),
+        joint=np.asarray(joint), noise_matrix=np.asarray(nm), embedding=emb,
+        seconds_pred_probs=oos.seconds, seconds_cleanlab=t_cl, seconds_total=time.perf_counter() - t_start,
+        fold_accuracies=list(oos.fold_accuracies), _gallery_images=ds.images[torch.as_tensor(top)].clone())
+
+
+@dataclass
+class DetectionScore:
+    precision: float
+    recall: float
+    auroc: float  # of (1 − label quality score) for "label was flipped"
+    num_flagged: int
+    num_errors: int
+
+
+def detection_score(audit: LabelAudit, true_labels: Any) -> DetectionScore:
+    """Precision and recall of the flagged set, and the score's AUROC, against known true labels."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = validate_labels(true_labels, len(audit.class_names))
+    require(len(truth) == audit.n, f"{len(truth)} true labels for {audit.n} examples")
+    err = truth != audit.labels
+    flag = np.zeros(audit.n, dtype=bool)
+    flag[audit.flagged] = True
+    tp = int((flag & err).sum())
+    auroc = float(roc_auc_score(err, -audit.scores)) if 0 < err.sum() < audit.n else float("nan")
+    return DetectionScore(tp / max(int(flag.sum()), 1), tp / max(int(err.sum()), 1), auroc, int(flag.sum()),
+                          int(err.sum()))
