@@ -35,7 +35,7 @@ def labels_cmd(
     folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds (stratified, seeded)."),
     epochs: int = typer.Option(0, "--epochs", help="Training epochs per fold (0 = default: 4 for cnn)."),
     filter_by: str = typer.Option("prune_by_noise_rate", "--filter-by",
-                                  help=f"cleanlab filter_by, or 'paper' (CL count, lowest normalized margin): "
+                                  help=f"cleanlab filter_by, or 'paper' (the CL paper's count of errors, then the lowest margins): "
                                        f"{', '.join(FILTER_BY)}."),
     rank_by: str = typer.Option("self_confidence", "--rank-by", help=f"Label quality score: {', '.join(RANK_BY)}."),
     outliers: Path | None = typer.Option(None, "--outliers",

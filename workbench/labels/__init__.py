@@ -35,14 +35,15 @@ Where we differ from the papers:
 * PLE trained one model per dataset with 4-fold (ImageNet) or 5-fold cross-validation of large
   networks; here the folds train a zoo model with our own training loop (:func:`workbench.training.fit`),
   few epochs each, with small random shifts as augmentation.
-* PLE's count of errors came from cleanlab 1.0 on the uncalibrated confident joint
-  (``num_label_errors``; for MNIST the size of the ``prune_by_class`` set), see
-  ``get_label_error_indices_to_match_labelerrors_com`` in the cleanlab/label-errors repository;
-  we use cleanlab 2.9's ``num_label_issues(estimation_method="off_diagonal")`` (off-diagonal
-  examples of the uncalibrated confident joint whose argmax is not the given label), which makes
-  ``paper`` select exactly what cleanlab 2.9 calls ``low_normalized_margin``. The ranking
-  (margin p_given − max_{k≠given} p_k) is the same up to cleanlab's affine normalisation. The
-  dataset-health estimate reported next to the flagged count is the calibrated one
+* ``filter_by="paper"`` counts errors as the Confident Learning paper and PLE did (cleanlab 1.0's
+  ``num_label_errors``): ``(1 − trace(C)/ΣC)·N`` on the *uncalibrated* confident joint C
+  (:func:`paper_num_label_issues`), then takes that many lowest-margin examples. PLE used that count
+  for every dataset except MNIST, where it took the size of the ``prune_by_class`` set (see
+  ``get_label_error_indices_to_match_labelerrors_com`` in the cleanlab/label-errors repository); we
+  use the general rule everywhere. cleanlab 2.9's ``num_label_issues(estimation_method="off_diagonal")``
+  is a different count (off-diagonal examples whose argmax is not the given label); cut at it, the
+  same ranking is cleanlab's ``low_normalized_margin``, which stays available under its own name.
+  The dataset-health estimate reported next to the flagged count is the calibrated one
   (``"off_diagonal_calibrated"``: N·(1 − trace Q)).
 * PLE validated with five Mechanical Turk workers per example; here one reviewer's verdict per
   example is taken as given. Validated precision = share of reviewed flags whose verdict is not
@@ -52,7 +53,14 @@ Where we differ from the papers:
 """
 
 from .audit import GALLERY, DetectionScore, LabelAudit, audit_labels, detection_score
-from .issues import FILTER_BY, RANK_BY, find_issues, label_quality_scores, paper_label_issues
+from .issues import (
+    FILTER_BY,
+    RANK_BY,
+    find_issues,
+    label_quality_scores,
+    paper_label_issues,
+    paper_num_label_issues,
+)
 from .noise import inject_noise, noise_matrix
 from .outliers import EmbeddingIssues, embedding_issues
 from .pred_probs import (
@@ -82,5 +90,6 @@ __all__ = [
     "apply_review", "audit_labels", "check_folds", "corrected_npz_bytes", "cross_val_pred_probs",
     "detection_score", "embedding_issues", "embedding_pred_probs", "find_issues", "inject_noise",
     "label_quality_scores", "load_pred_probs", "load_review", "noise_matrix", "paper_label_issues",
+    "paper_num_label_issues",
     "parse_review", "rerank_models", "save_corrected", "validate_labels", "validate_pred_probs",
 ]

@@ -156,8 +156,8 @@ def _explain(filter_by: str, num_flagged: int, estimated: int, n_reduced: int) -
                                  "normalized-margin examples",
         "low_self_confidence": "low_self_confidence flags the uncalibrated off-diagonal count of lowest "
                                "self-confidence examples",
-        "paper": "the paper's setting flags the uncalibrated off-diagonal count (cleanlab's num_label_issues) of "
-                 "lowest normalized-margin examples",
+        "paper": "the paper's setting flags (1 − trace C / ΣC)·N examples (the Confident Learning paper's count "
+                 "on the uncalibrated confident joint C) with the lowest margin p_given − max_other",
     }[filter_by]
     rel = "fewer than" if num_flagged < estimated else ("more than" if num_flagged > estimated else "as many as")
     tail = ("; cleanlab then drops flags whose model prediction equals the given label"

@@ -94,8 +94,8 @@ def _run_controls(ds):
                                   key="la_upload")
     d1, d2, d3 = st.columns(3)
     filter_by = d1.selectbox("filter_by", FILTER_BY, key="la_filter",
-                             help="cleanlab's pruning rule; 'paper' = CL count of errors, then the lowest "
-                                  "normalized margins (Northcutt et al. 2021).")
+                             help="cleanlab's pruning rule; 'paper' = the Confident Learning paper's count of "
+                                  "errors (1 − trace C/ΣC)·N, then the lowest margins (Northcutt et al. 2021).")
     rank_by = d2.selectbox("Rank by", RANK_BY, key="la_rank")
     outliers = d3.checkbox("Outliers & near-duplicates (needs the current model)", value=False, key="la_outliers",
                            disabled=loaded is None)
