@@ -1,7 +1,9 @@
-"""Label-audit benchmark on MNIST-10k: known flips recovered, real-label gallery, timing.
+"""Label-audit benchmark on MNIST-10k: known flips recovered, real-label gallery, timing, a hard setting.
 
-    python benchmarks/label_audit.py [--settings asym10,sym10,sym20,real] [--epochs 4] [--folds 5]
+    python benchmarks/label_audit.py [--settings asym10,sym10,sym20,real] [--epochs 0] [--folds 5]
                                      [--out /tmp/label_audit_bench]
+    python benchmarks/label_audit.py --settings hard [--hard-seeds 0,1,2] [--hard-configs before,after]
+                                     [--hard-width 4] [--hard-epochs 3]
 
 For every setting: one seeded 5-fold audit with the default CNN (``workbench.labels.audit_labels``),
 then precision / recall of the flagged set against the injected flips for each ``filter_by`` (the
@@ -11,6 +13,17 @@ Noise: ``cleanlab.benchmarking.noise_generation`` (asymmetric: trace 9 over 10 c
 ``frac_zero_noise_rates=0.6``; symmetric: 1 − rate on the diagonal). ``real`` audits the given
 labels and saves a PNG gallery of the 24 top-ranked examples. Prints one table; writes the
 probabilities (``pred_probs_<setting>.npy``) and the gallery into ``--out``.
+
+``hard`` (issue #15 item 7): structured noise where a weak model struggles most, audited with that
+weak model. Per seed: (1) 5-fold out-of-sample predictions of the weak model on the clean labels
+give a confusion matrix, and each class's most confused partner
+(``workbench.labels.most_confused_partner``); (2) 10% of every class's labels are flipped to its
+partner (``flip_to_partner``); (3) the noisy labels are audited with the same weak per-fold model
+(the zoo CNN at ``--hard-width`` 4 channels, ``--hard-epochs`` 3 epochs per model) under each
+configuration of ``--hard-configs``: ``before`` = one model per fold, no test-time shifts, no
+temperature (the audit before this change), ``after`` = the library defaults, or ``sN[+tta][+cal]``.
+Prints per-run rows and the mean ± sd over seeds of precision, recall, flagged / true flips and the
+estimated error rate against the true one.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import torch
 
 from workbench import labels as L
 from workbench.data import load_dataset
+from workbench.models import build_model
 
 SETTINGS = {"asym10": ("asymmetric", 0.10), "sym10": ("symmetric", 0.10), "sym20": ("symmetric", 0.20),
             "real": (None, 0.0)}
@@ -53,6 +67,79 @@ def gallery_png(ds, audit, path: Path, n: int = 24) -> None:
     plt.close(fig)
 
 
+def weak_factory(width: int):
+    """The deliberately weak per-fold model: the zoo CNN with ``width`` channels in its first block."""
+
+    def factory(in_channels, num_classes, image_size, seed):
+        return build_model("cnn", in_channels, num_classes, image_size, seed=seed, width=width)
+
+    factory.__name__ = f"cnn-w{width}"
+    return factory
+
+
+def parse_config(name: str) -> dict:
+    if name == "before":
+        return {"seeds": 1, "tta": False, "calibrate": False}
+    if name == "after":
+        return {"seeds": L.DEFAULT_SEEDS, "tta": L.DEFAULT_TTA, "calibrate": L.DEFAULT_CALIBRATE}
+    parts = name.split("+")
+    assert parts[0].startswith("s") and parts[0][1:].isdigit(), f"config {name!r}: use before, after or sN[+tta][+cal]"
+    return {"seeds": int(parts[0][1:]), "tta": "tta" in parts[1:], "calibrate": "cal" in parts[1:]}
+
+
+def hard_setting(args, ds) -> None:
+    clean = ds.labels.numpy()
+    weak = weak_factory(args.hard_width)
+    configs = args.hard_configs.split(",")
+    rows, summary = [], {c: [] for c in configs}
+    for seed in (int(s) for s in args.hard_seeds.split(",")):
+        t0 = time.perf_counter()
+        clean_oos = L.cross_val_pred_probs(ds, weak, folds=args.folds, epochs=args.hard_epochs, seeds=1, seed=seed)
+        partner = L.most_confused_partner(clean, clean_oos.pred_probs)
+        noisy = L.flip_to_partner(clean, partner, rate=0.1, seed=seed)
+        dsn = ds.with_labels(noisy)
+        truth = float((noisy != clean).mean())
+        print(f"seed {seed}: weak model {weak.__name__} x {args.hard_epochs} epochs, clean out-of-sample accuracy "
+              f"{clean_oos.accuracy:.4f}, partner {partner.tolist()}, {100 * truth:.2f}% flipped "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        for name in configs:
+            cfg = parse_config(name)
+            t1 = time.perf_counter()
+            a = L.audit_labels(dsn, model=weak, folds=args.folds, epochs=args.hard_epochs, seed=seed, n_jobs=1,
+                               filter_by=args.hard_filter, **cfg)
+            sec = time.perf_counter() - t1
+            s = L.detection_score(a, clean)
+            rec = {"P": s.precision, "R": s.recall, "ratio": s.num_flagged / s.num_errors,
+                   "est": a.estimated_error_rate, "gap": a.estimated_error_rate - truth, "auroc": s.auroc,
+                   "acc": a.out_of_sample_accuracy, "s": sec}
+            summary[name].append(rec)
+            rows.append([seed, name, f"{100 * a.out_of_sample_accuracy:.2f}%", s.num_flagged, s.num_errors,
+                         f"{rec['ratio']:.2f}", f"{s.precision:.3f}", f"{s.recall:.3f}", f"{s.auroc:.4f}",
+                         f"{100 * rec['est']:.2f}%", f"{100 * truth:.2f}%", f"{sec:.0f}"])
+            print("  ", rows[-1], flush=True)
+    head = ["seed", "config", "oos acc", "flagged", "flips", "flagged/flips", "precision", "recall", "AUROC",
+            "estimated rate", "true rate", "audit s"]
+    print(f"\nHard setting: MNIST-10k, 10% of each class flipped to its most confused partner, weak "
+          f"{weak.__name__} x {args.hard_epochs} epochs per model, {args.folds} folds, filter_by {args.hard_filter}, "
+          f"torch threads {args.threads}")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(str(v) for v in r) + " |")
+
+    def ms(vals, scale=1.0, fmt="{:.3f}"):
+        v = np.asarray(vals) * scale
+        return (fmt + " ± " + fmt).format(v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0)
+
+    print("\n| config | precision | recall | flagged / flips | estimated − true rate (points) | AUROC | oos acc | audit s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, recs in summary.items():
+        print(f"| {name} | {ms([r['P'] for r in recs])} | {ms([r['R'] for r in recs])} | "
+              f"{ms([r['ratio'] for r in recs], fmt='{:.2f}')} | {ms([r['gap'] for r in recs], 100, '{:+.2f}')} | "
+              f"{ms([r['auroc'] for r in recs], fmt='{:.4f}')} | {ms([r['acc'] for r in recs], 100, '{:.2f}')} | "
+              f"{ms([r['s'] for r in recs], fmt='{:.0f}')} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", default="asym10,sym10,sym20,real")
@@ -62,10 +149,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/label_audit_bench"))
     ap.add_argument("--reuse", action="store_true", help="reuse saved pred_probs (re-runs cleanlab only)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    ap.add_argument("--hard-seeds", default="0,1,2")
+    ap.add_argument("--hard-configs", default="before,after")
+    ap.add_argument("--hard-width", type=int, default=4, help="channels of the weak CNN's first block")
+    ap.add_argument("--hard-epochs", type=int, default=3, help="epochs per weak model")
+    ap.add_argument("--hard-filter", default="prune_by_noise_rate")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset("mnist10k")
+    if args.settings == "hard":
+        hard_setting(args, ds)
+        return
     clean = ds.labels.numpy()
     rows = []
     load0 = os.getloadavg()[0]

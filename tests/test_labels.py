@@ -74,6 +74,70 @@ def test_audit_ranks_flagged_by_score_and_full_ranking(digits):
     np.testing.assert_allclose(a.noise_matrix.sum(0), 1.0, atol=1e-6)
 
 
+# ---------------------------------------------------------------- calibration, ensembles, structured noise
+def test_fit_temperature_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=3.0, size=(4000, 6))
+    p_true = np.exp(z / 2.5) / np.exp(z / 2.5).sum(1, keepdims=True)
+    y = np.array([rng.choice(6, p=row) for row in p_true])
+    assert L.fit_temperature(z, y) == pytest.approx(2.5, rel=0.08)
+    # cross-fitting: each half is scaled by the temperature fitted on the other half
+    pp = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    out, temps = L.cross_fit_temperature(pp, y, seed=3)
+    order = np.random.default_rng(3).permutation(len(y))
+    a, b = order[:2000], order[2000:]
+    t_b = L.fit_temperature(np.log(pp[b]), y[b])
+    assert temps[0] == pytest.approx(t_b)
+    expected = np.exp(np.log(pp[a]) / t_b)
+    np.testing.assert_allclose(out[a], expected / expected.sum(1, keepdims=True), atol=1e-9)
+    np.testing.assert_array_equal(out.argmax(1), pp.argmax(1))  # temperature never changes the argmax
+
+
+def test_most_confused_partner_and_partner_flips():
+    y = np.array([0] * 10 + [1] * 10 + [2] * 20)
+    pred = y.copy()
+    pred[:3] = 2  # class 0 is confused with 2 three times, with 1 once
+    pred[3] = 1
+    pred[10:12] = 0  # class 1 with 0
+    pred[20] = 0  # class 2: one confusion with 0, one with 1 -> tie, broken by the mean probability
+    pred[21] = 1
+    pp = np.full((len(y), 3), 0.05)
+    pp[np.arange(len(y)), pred] = 0.9
+    pp[20:, 1] += 0.01
+    pp /= pp.sum(1, keepdims=True)
+    np.testing.assert_array_equal(L.most_confused_partner(y, pp), [2, 0, 1])
+    noisy = L.flip_to_partner(y, [2, 0, 1], rate=0.2, seed=1)
+    moved = noisy != y
+    assert moved[y == 0].sum() == 2 and moved[y == 1].sum() == 2 and moved[y == 2].sum() == 4
+    assert set(noisy[moved & (y == 0)]) == {2} and set(noisy[moved & (y == 2)]) == {1}
+    np.testing.assert_array_equal(noisy, L.flip_to_partner(y, [2, 0, 1], rate=0.2, seed=1))
+    with pytest.raises(BadInput, match="another class"):
+        L.flip_to_partner(y, [0, 0, 1])
+
+
+def test_kfold_ensemble_tta_and_calibration_bookkeeping(digits):
+    from torch import nn
+
+    ds = digits.subset(range(300))
+    seen = []
+
+    def tiny(c, k, size, seed):
+        seen.append(seed)
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * size[0] * size[1], k))
+
+    oos = L.cross_val_pred_probs(ds, tiny, folds=3, epochs=1, seeds=2, tta=True, calibrate=True, seed=5)
+    assert seen == [5, 5 + 100_003, 1005, 1005 + 100_003, 2005, 2005 + 100_003]
+    assert oos.seeds == 2 and oos.views == 5 and len(oos.temperatures) == 6
+    np.testing.assert_allclose(oos.pred_probs.sum(1), 1.0)
+    # one model, no shifts, no temperature: member 0 of every fold has the single-model seed
+    seen.clear()
+    one = L.cross_val_pred_probs(ds, tiny, folds=3, epochs=1, seeds=1, seed=5)
+    assert seen == [5, 1005, 2005] and one.views == 1 and one.temperatures == []
+    with pytest.raises(BadInput, match="seeds"):
+        L.cross_val_pred_probs(ds, tiny, folds=3, epochs=1, seeds=0)
+
+
 # ---------------------------------------------------------------- noise recovery (real training)
 @pytest.fixture(scope="module")
 def noisy_digits(digits):

@@ -10,7 +10,17 @@ import typer
 from ..atomic import atomic_write, atomic_write_text
 from ..data import load_dataset
 from ..errors import BadInput, require
-from ..labels import FILTER_BY, RANK_BY, apply_review, audit_labels, load_review, save_corrected
+from ..labels import (
+    DEFAULT_CALIBRATE,
+    DEFAULT_SEEDS,
+    DEFAULT_TTA,
+    FILTER_BY,
+    RANK_BY,
+    apply_review,
+    audit_labels,
+    load_review,
+    save_corrected,
+)
 from ..models import load_model
 from ..report import write_report
 from .base import DataOpt, DeviceOpt, SeedOpt, audit_app, console, done, progress_bar
@@ -33,7 +43,13 @@ def labels_cmd(
     method: str = typer.Option("kfold", "--method", help="kfold (train per fold) or embeddings (logistic "
                                                          "regression on a trained model's penultimate features)."),
     folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds (stratified, seeded)."),
-    epochs: int = typer.Option(0, "--epochs", help="Training epochs per fold (0 = default: 4 for cnn)."),
+    epochs: int = typer.Option(0, "--epochs", help="Training epochs per model (0 = default: 2 for cnn)."),
+    seeds: int = typer.Option(DEFAULT_SEEDS, "--seeds",
+                              help="Models trained per fold (different seeds), their probabilities averaged."),
+    tta: bool = typer.Option(DEFAULT_TTA, "--tta/--no-tta",
+                             help="Average each model's probabilities over 1-pixel shifts of the image."),
+    calibrate: bool = typer.Option(DEFAULT_CALIBRATE, "--calibrate/--no-calibrate",
+                                   help="Temperature-scale each fold, cross-fitted on its held-out examples."),
     filter_by: str = typer.Option("prune_by_noise_rate", "--filter-by",
                                   help=f"cleanlab filter_by, or 'paper' (the CL paper's count of errors, then the lowest margins): "
                                        f"{', '.join(FILTER_BY)}."),
@@ -57,7 +73,8 @@ def labels_cmd(
     emb = load_model(outliers).model if outliers is not None else (True if net is not None else False)
     with progress_bar(f"auditing labels of {data}") as progress:
         audit = audit_labels(ds, pred_probs=pred_probs, model=net if net is not None else model, method=method,
-                             folds=folds, epochs=epochs or None, filter_by=filter_by, rank_by=rank_by,
+                             folds=folds, epochs=epochs or None, seeds=seeds, tta=tta, calibrate=calibrate,
+                             filter_by=filter_by, rank_by=rank_by,
                              embeddings=emb, n_jobs=n_jobs, seed=seed, device=device, progress=progress)
     paths = write_report(audit, out, title=f"Label audit: {ds.name}")
     paths["pred_probs"] = atomic_write(out / "pred_probs.npy", lambda p: _save_npy(p, audit.pred_probs))

@@ -23,7 +23,8 @@ a module per task, plain functions over arrays:
 
 * :mod:`.validation` — labels, probabilities and folds checked, one-line :class:`BadInput`;
 * :mod:`.pred_probs` — out-of-sample probabilities (K-fold, embeddings, a user's ``.npy``);
-* :mod:`.noise` — noise matrices and seeded label flips (benchmarks, tests);
+* :mod:`.calibration` — temperature scaling fitted out of sample (cross-fitted on the held-out fold);
+* :mod:`.noise` — noise matrices, seeded label flips, flips to each class's most confused partner;
 * :mod:`.issues` — finding and ranking issues, the estimated number of errors;
 * :mod:`.outliers` — Datalab-style outliers and near-duplicates on embeddings;
 * :mod:`.audit` — :class:`LabelAudit` and :func:`audit_labels`, and scoring against known flips;
@@ -53,6 +54,7 @@ Where we differ from the papers:
 """
 
 from .audit import GALLERY, DetectionScore, LabelAudit, audit_labels, detection_score
+from .calibration import cross_fit_temperature, fit_temperature
 from .issues import (
     FILTER_BY,
     RANK_BY,
@@ -61,9 +63,12 @@ from .issues import (
     paper_label_issues,
     paper_num_label_issues,
 )
-from .noise import inject_noise, noise_matrix
+from .noise import flip_to_partner, inject_noise, most_confused_partner, noise_matrix
 from .outliers import EmbeddingIssues, embedding_issues
 from .pred_probs import (
+    DEFAULT_CALIBRATE,
+    DEFAULT_SEEDS,
+    DEFAULT_TTA,
     ModelFactory,
     OutOfSample,
     cross_val_pred_probs,
@@ -84,11 +89,13 @@ from .review import (
 from .validation import ROW_SUM_TOL, check_folds, validate_labels, validate_pred_probs
 
 __all__ = [
-    "FILTER_BY", "GALLERY", "RANK_BY", "ROW_SUM_TOL", "VERDICTS",
+    "DEFAULT_CALIBRATE", "DEFAULT_SEEDS", "DEFAULT_TTA", "FILTER_BY", "GALLERY", "RANK_BY", "ROW_SUM_TOL", "VERDICTS",
     "Correction", "DetectionScore", "EmbeddingIssues", "LabelAudit", "ModelFactory", "OutOfSample", "Reranking",
     "Review",
-    "apply_review", "audit_labels", "check_folds", "corrected_npz_bytes", "cross_val_pred_probs",
-    "detection_score", "embedding_issues", "embedding_pred_probs", "find_issues", "inject_noise",
+    "apply_review", "audit_labels", "check_folds", "corrected_npz_bytes", "cross_fit_temperature",
+    "cross_val_pred_probs",
+    "detection_score", "embedding_issues", "embedding_pred_probs", "find_issues", "fit_temperature", "flip_to_partner", "inject_noise",
+    "most_confused_partner",
     "label_quality_scores", "load_pred_probs", "load_review", "noise_matrix", "paper_label_issues",
     "paper_num_label_issues",
     "parse_review", "rerank_models", "save_corrected", "validate_labels", "validate_pred_probs",

@@ -18,7 +18,16 @@ from ..errors import require
 from ..training import Progress
 from .issues import FILTER_BY, RANK_BY, find_issues, label_quality_scores
 from .outliers import EmbeddingIssues, embedding_issues
-from .pred_probs import ModelFactory, OutOfSample, cross_val_pred_probs, embedding_pred_probs, load_pred_probs
+from .pred_probs import (
+    DEFAULT_CALIBRATE,
+    DEFAULT_SEEDS,
+    DEFAULT_TTA,
+    ModelFactory,
+    OutOfSample,
+    cross_val_pred_probs,
+    embedding_pred_probs,
+    load_pred_probs,
+)
 from .validation import cleanlab_quiet, validate_labels, validate_pred_probs
 
 #: How many examples to keep images of for the report gallery.
@@ -61,6 +70,7 @@ class LabelAudit:
     seconds_cleanlab: float = 0.0
     seconds_total: float = 0.0
     fold_accuracies: list[float] = field(default_factory=list)
+    pred_probs_detail: str = ""  # how the probabilities were made, in words
     _gallery_images: Any = field(default=None, repr=False)  # images of the top GALLERY ranked examples
 
     @property
@@ -93,7 +103,7 @@ class LabelAudit:
         secs = [
             Metrics("Dataset health", {
                 "dataset": self.dataset, "examples": self.n,
-                "probabilities": f"{self.pred_probs_method} ({self.folds} folds)" if self.folds else self.pred_probs_method,
+                "probabilities": self.pred_probs_detail or self.pred_probs_method,
                 "out-of-sample accuracy": f"{100 * self.out_of_sample_accuracy:.2f}%",
                 f"estimated label errors ({self.estimate_method})":
                     f"{self.estimated_errors} ({100 * self.estimated_error_rate:.2f}%)",
@@ -169,6 +179,7 @@ def _explain(filter_by: str, num_flagged: int, estimated: int, n_reduced: int) -
 
 def audit_labels(ds: ImageDataset, *, pred_probs: Any = None, model: str | ModelFactory | nn.Module = "cnn",
                  method: str = "kfold", folds: int = 5, epochs: int | None = None,
+                 seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA, calibrate: bool = DEFAULT_CALIBRATE,
                  filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
                  embeddings: bool | np.ndarray | nn.Module = False, embedding_layer: str | None = None,
                  n_jobs: int | None = None, seed: int = 0, device: str | torch.device | None = "cpu",
@@ -222,8 +233,8 @@ def audit_labels(ds: ImageDataset, *, pred_probs: Any = None, model: str | Model
     else:
         require(isinstance(model, str) or callable(model),
                 "method 'kfold' needs a zoo architecture name or a model factory")
-        oos = cross_val_pred_probs(ds, model, folds=folds, epochs=epochs, seed=seed, device=device,
-                                   progress=progress)
+        oos = cross_val_pred_probs(ds, model, folds=folds, epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate,
+                                   seed=seed, device=device, progress=progress)
         pp = oos.pred_probs
     if progress is not None:
         progress(1.0, "confident learning")
@@ -296,7 +307,7 @@ def audit_labels(ds: ImageDataset, *, pred_probs: Any = None, model: str | Model
         health_score=health, per_class=per_class, overlapping=overlapping, confident_joint=np.asarray(cj),
         joint=np.asarray(joint), noise_matrix=np.asarray(nm), embedding=emb,
         seconds_pred_probs=oos.seconds, seconds_cleanlab=t_cl, seconds_total=time.perf_counter() - t_start,
-        fold_accuracies=list(oos.fold_accuracies), _gallery_images=ds.images[torch.as_tensor(top)].clone())
+        fold_accuracies=list(oos.fold_accuracies), pred_probs_detail=oos.describe(), _gallery_images=ds.images[torch.as_tensor(top)].clone())
 
 
 @dataclass

@@ -53,3 +53,45 @@ def inject_noise(labels: Any, num_classes: int, *, kind: str = "asymmetric", rat
     finally:
         np.random.set_state(state)
     return np.asarray(noisy, dtype=np.int64), m
+
+
+def most_confused_partner(labels: Any, pred_probs: Any) -> np.ndarray:
+    """For every class i, the class j ≠ i that its examples are most often predicted as.
+
+    The off-diagonal argmax of row i of the confusion matrix (rows: labels, columns: argmax of
+    ``pred_probs``, e.g. a model's out-of-sample predictions on clean labels); ties go to the lower
+    class index, and a class never confused with another gets its nearest class by mean probability.
+    """
+    pp = np.asarray(pred_probs, dtype=np.float64)
+    require(pp.ndim == 2, f"pred_probs must be N×K, got shape {pp.shape}")
+    k = pp.shape[1]
+    y = validate_labels(labels, k)
+    require(len(y) == len(pp), f"{len(y)} labels for {len(pp)} rows of pred_probs")
+    conf = np.zeros((k, k), dtype=np.float64)
+    np.add.at(conf, (y, pp.argmax(1)), 1.0)
+    # Break ties (and empty rows) by the mean predicted probability, a finer measure of confusion.
+    mean_p = np.stack([pp[y == i].mean(0) if (y == i).any() else np.zeros(k) for i in range(k)])
+    score = conf + 1e-6 * mean_p
+    np.fill_diagonal(score, -np.inf)
+    return score.argmax(1)
+
+
+def flip_to_partner(labels: Any, partner: Any, *, rate: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Flip exactly ``round(rate · n_i)`` labels of each class i to ``partner[i]`` (seeded).
+
+    With ``partner = most_confused_partner(...)`` this is structured noise where a weak model
+    struggles most: every flip lands on the class the model already confuses with the true one.
+    """
+    check_in_range("rate", rate, 0.0, 1.0, high_open=True)
+    part = np.asarray(partner, dtype=np.int64)
+    k = len(part)
+    y = validate_labels(labels, k)
+    require(bool(((part >= 0) & (part < k)).all()) and not bool((part == np.arange(k)).any()),
+            f"partner must map every class to another class in 0..{k - 1}, got {part.tolist()}")
+    rng = np.random.default_rng(seed)
+    out = y.copy()
+    for c in range(k):
+        idx = np.flatnonzero(y == c)
+        pick = rng.choice(idx, int(round(rate * len(idx))), replace=False)
+        out[pick] = part[c]
+    return out

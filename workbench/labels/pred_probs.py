@@ -24,6 +24,12 @@ from .validation import check_folds, cleanlab_quiet, validate_labels, validate_p
 
 ModelFactory = Callable[..., nn.Module]
 
+#: Defaults of the K-fold path (see :func:`cross_val_pred_probs` and docs/label-audit.md for the
+#: measurements behind them): models averaged per fold, test-time shifts, temperature scaling.
+DEFAULT_SEEDS = 3
+DEFAULT_TTA = False
+DEFAULT_CALIBRATE = False
+
 
 def load_pred_probs(path: str | Path, n: int, num_classes: int) -> np.ndarray:
     """Read a user's ``.npy`` of probabilities (never unpickles) and validate it."""
@@ -53,28 +59,81 @@ class OutOfSample:
     fold_accuracies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     features: np.ndarray | None = field(default=None, repr=False)  # embeddings, when the method made some
+    #: models averaged per fold, test-time views averaged per model, and the fitted temperatures
+    #: (two per fold, one per cross-fitted half; empty when not calibrated).
+    seeds: int = 1
+    views: int = 1
+    temperatures: list[float] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line for reports: the method, folds, models per fold, test-time views, temperatures."""
+        if not self.folds:
+            return self.method
+        parts = [f"{self.folds} folds"]
+        if self.seeds > 1:
+            parts.append(f"{self.seeds} models per fold")
+        if self.views > 1:
+            parts.append(f"{self.views} test-time views")
+        if self.temperatures:
+            parts.append(f"temperature {min(self.temperatures):.2f}-{max(self.temperatures):.2f}")
+        return f"{self.method} ({', '.join(parts)})"
 
 
 def _default_fold_epochs(arch: str, n_train: int) -> int:
-    # Few epochs keep the audit fast and limit memorisation of wrong labels; small data gets more.
+    """Epochs per model. Few epochs keep the audit fast and limit memorisation of wrong labels; with
+    :data:`DEFAULT_SEEDS` models per fold, two epochs each of the zoo CNN cost what one model of four
+    did (the MNIST-10k figures in docs/label-audit.md). Small data gets more."""
     if n_train < 3000:
         return 10
-    return 4 if arch == "cnn" else 5
+    return 2 if arch == "cnn" else 3
+
+
+def shifted_views(images: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """Test-time augmentation: the images and their copies moved ``shift`` pixels up, down, left and
+    right (zero fill), the same transformation family as the training augmentation
+    (:func:`workbench.training.random_shift`)."""
+    if shift <= 0:
+        return [images]
+    s = shift
+    padded = torch.nn.functional.pad(images, (s, s, s, s))
+    h, w = images.shape[-2:]
+    return [images] + [padded[..., s + dy: s + dy + h, s + dx: s + dx + w]
+                       for dy, dx in ((s, 0), (-s, 0), (0, s), (0, -s))]
+
+
+def member_seed(seed: int, fold: int, member: int) -> int:
+    """Seed of the ``member``-th model of fold ``fold`` (member 0 keeps the single-model seeds)."""
+    return seed + 1000 * fold + 100_003 * member
 
 
 def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *, folds: int = 5,
-                         epochs: int | None = None, seed: int = 0, device: str | torch.device | None = "cpu",
-                         augment: bool = True, batch_size: int | None = None, lr: float = 3e-3,
+                         epochs: int | None = None, seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA,
+                         calibrate: bool = DEFAULT_CALIBRATE,
+                         seed: int = 0, device: str | torch.device | None = "cpu", augment: bool = True,
+                         batch_size: int | None = None, lr: float = 3e-3,
                          progress: Progress | None = None) -> OutOfSample:
-    """Stratified, seeded K-fold: train a fresh model on K−1 folds, predict the held-out fold.
+    """Stratified, seeded K-fold: train fresh models on K−1 folds, predict the held-out fold.
 
     ``model`` is a zoo name (``build_model``) or a factory ``f(in_channels, num_classes, image_size,
-    seed) -> nn.Module``. Training is :func:`workbench.training.fit` (AdamW, one-cycle).
+    seed) -> nn.Module``. Training is :func:`workbench.training.fit` (AdamW, one-cycle), with small
+    random shifts when ``augment``. Per fold:
+
+    * ``seeds`` models (different initialisations and batch orders) are trained and their
+      probabilities averaged (a deep ensemble: Lakshminarayanan, Pritzel, Blundell, NeurIPS 2017);
+    * ``tta`` averages each model's probabilities over the image and four shifted copies
+      (:func:`shifted_views`);
+    * ``calibrate`` temperature-scales the fold's averaged probabilities, cross-fitted on the
+      held-out fold (:func:`workbench.labels.calibration.cross_fit_temperature`).
+
+    Every probability of an example comes from models that never trained on it.
     """
     from sklearn.model_selection import StratifiedKFold
 
+    from .calibration import cross_fit_temperature
+
     labels = validate_labels(ds.labels, ds.num_classes)
     check_folds(labels, folds, ds.class_names)
+    require(isinstance(seeds, (int, np.integer)) and seeds >= 1, f"seeds (models per fold) must be >= 1, got {seeds}")
     dev = resolve_device(device)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     n_train = len(ds) - len(ds) // folds
@@ -83,31 +142,46 @@ def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *,
     require(epochs >= 1, f"epochs must be >= 1, got {epochs}")
     batch_size = batch_size or int(min(128, max(16, n_train // 40)))
     shift = max(1, min(ds.image_size) // 14)
+    tta_shift = max(1, shift // 2) if tta else 0
     pp = np.zeros((len(ds), ds.num_classes), dtype=np.float64)
-    accs = []
+    accs: list[float] = []
+    temps: list[float] = []
+    views = 1
     t0 = time.perf_counter()
     for i, (tr, te) in enumerate(skf.split(np.zeros(len(labels)), labels)):
-        fold_seed = seed + 1000 * i
-        if isinstance(model, str):
-            net = build_model(model, ds.channels, ds.num_classes, ds.image_size, seed=fold_seed)
-        else:
-            net = model(ds.channels, ds.num_classes, ds.image_size, fold_seed)
-            require(isinstance(net, nn.Module), f"the model factory returned {type(net).__name__}, not an nn.Module")
-        sub = None
-        if progress is not None:
-            def sub(f, m, i=i):
-                return (progress((i + f) / folds, f"fold {i + 1}/{folds}: {m}"))
-        tr_t = torch.as_tensor(tr)
-        fit(net, (ds.images[tr_t], ds.labels[tr_t]), epochs=epochs, batch_size=batch_size, lr=lr, seed=fold_seed,
-            device=dev, transform=random_shift(shift) if augment else None, progress=sub)
-        probs = predict_proba(net, ds.images[torch.as_tensor(te)], device=dev).double().numpy()
+        tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
+        probs = np.zeros((len(te), ds.num_classes), dtype=np.float64)
+        for m in range(seeds):
+            ms = member_seed(seed, i, m)
+            if isinstance(model, str):
+                net = build_model(model, ds.channels, ds.num_classes, ds.image_size, seed=ms)
+            else:
+                net = model(ds.channels, ds.num_classes, ds.image_size, ms)
+                require(isinstance(net, nn.Module),
+                        f"the model factory returned {type(net).__name__}, not an nn.Module")
+            sub = None
+            if progress is not None:
+                def sub(f, msg, i=i, m=m):
+                    return progress((i + (m + f) / seeds) / folds,
+                                    f"fold {i + 1}/{folds}" + (f", model {m + 1}/{seeds}" if seeds > 1 else "")
+                                    + f": {msg}")
+            fit(net, (ds.images[tr_t], ds.labels[tr_t]), epochs=epochs, batch_size=batch_size, lr=lr, seed=ms,
+                device=dev, transform=random_shift(shift) if augment else None, progress=sub)
+            vs = shifted_views(ds.images[te_t], tta_shift)
+            views = len(vs)
+            for v in vs:
+                probs += predict_proba(net, v, device=dev).double().numpy()
+        probs /= probs.sum(1, keepdims=True)
+        if calibrate:
+            probs, t = cross_fit_temperature(probs, labels[te], seed=seed + i)
+            temps.extend(t)
         pp[te] = probs
         accs.append(float((probs.argmax(1) == labels[te]).mean()))
     pp /= pp.sum(1, keepdims=True)
     if progress is not None:
         progress(1.0, "cross-validation done")
     return OutOfSample(pp, f"kfold:{name}", folds, float((pp.argmax(1) == labels).mean()), accs,
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, seeds=int(seeds), views=views, temperatures=temps)
 
 
 def embedding_pred_probs(ds: ImageDataset, model: nn.Module, *, layer: str | None = None, folds: int = 5,

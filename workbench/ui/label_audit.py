@@ -19,7 +19,16 @@ import streamlit as st
 
 from ..atomic import atomic_write_text
 from ..errors import BadInput
-from ..labels import FILTER_BY, RANK_BY, VERDICTS, Review, apply_review, audit_labels, corrected_npz_bytes
+from ..labels import (
+    DEFAULT_SEEDS,
+    FILTER_BY,
+    RANK_BY,
+    VERDICTS,
+    Review,
+    apply_review,
+    audit_labels,
+    corrected_npz_bytes,
+)
 from ..report import heatmap_png, to_uint8_images
 from .common import current_dataset, current_model, model_store, progress_callback
 
@@ -82,11 +91,13 @@ def _run_controls(ds):
     source = c1.selectbox("Probabilities", options, format_func=SOURCES.get, key="la_source")
     folds = c2.number_input("Folds", 2, 10, 5, key="la_folds")
     seed = c3.number_input("Seed", 0, 10_000, 0, key="la_seed")
-    arch, epochs, upload = "cnn", 0, None
+    arch, epochs, seeds, upload = "cnn", 0, DEFAULT_SEEDS, None
     if source == "kfold":
-        a, b = st.columns(2)
+        a, b, c = st.columns(3)
         arch = a.selectbox("Model per fold", ["cnn", "resnet"], key="la_arch")
-        epochs = b.number_input("Epochs per fold (0 = default)", 0, 50, 0, key="la_epochs")
+        epochs = b.number_input("Epochs per model (0 = default)", 0, 50, 0, key="la_epochs")
+        seeds = c.number_input("Models per fold", 1, 10, DEFAULT_SEEDS, key="la_seeds",
+                               help="Models with different seeds trained per fold; their probabilities are averaged.")
     elif source == "embeddings" and loaded is None:
         st.warning("The embeddings path needs a trained model: train or upload one on the **Data & model** page.")
     elif source == "upload":
@@ -99,7 +110,8 @@ def _run_controls(ds):
     rank_by = d2.selectbox("Rank by", RANK_BY, key="la_rank")
     outliers = d3.checkbox("Outliers & near-duplicates (needs the current model)", value=False, key="la_outliers",
                            disabled=loaded is None)
-    return dict(source=source, folds=int(folds), seed=int(seed), arch=arch, epochs=int(epochs), upload=upload,
+    return dict(source=source, folds=int(folds), seed=int(seed), arch=arch, epochs=int(epochs), seeds=int(seeds),
+                upload=upload,
                 filter_by=filter_by, rank_by=rank_by, outliers=bool(outliers and loaded is not None)), loaded
 
 
@@ -124,7 +136,7 @@ def _run(ds, cfg, loaded, key) -> None:
                 ds, pred_probs=pred_probs,
                 model=loaded.model if cfg["source"] == "embeddings" else cfg["arch"],
                 method="embeddings" if cfg["source"] == "embeddings" else "kfold", folds=cfg["folds"],
-                epochs=cfg["epochs"] or None, filter_by=cfg["filter_by"], rank_by=cfg["rank_by"],
+                epochs=cfg["epochs"] or None, seeds=cfg["seeds"], filter_by=cfg["filter_by"], rank_by=cfg["rank_by"],
                 embeddings=loaded.model if cfg["outliers"] else False, n_jobs=1, seed=cfg["seed"],
                 progress=progress_callback(bar))
         except BadInput as exc:
@@ -236,7 +248,7 @@ def render() -> None:
     cfg, loaded = _run_controls(ds)
     upload_digest = hashlib.sha256(cfg["upload"].getvalue()).hexdigest()[:12] if cfg["upload"] is not None else None
     key = ("label_audit", st.session_state.get("dataset_spec"), ds.name, len(ds), cfg["source"], cfg["folds"],
-           cfg["seed"], cfg["arch"], cfg["epochs"], upload_digest, cfg["filter_by"], cfg["rank_by"], cfg["outliers"],
+           cfg["seed"], cfg["arch"], cfg["epochs"], cfg["seeds"], upload_digest, cfg["filter_by"], cfg["rank_by"], cfg["outliers"],
            id(loaded.model) if loaded is not None and cfg["source"] == "embeddings" else None)
     if st.button("Run audit", type="primary", key="la_run"):
         _run(ds, cfg, loaded, key)
