@@ -375,3 +375,60 @@ def test_cli_embeddings_path_with_outliers(tmp_path, saved_digits_model):
     assert rep["pred_probs_method"] == "embeddings:LogisticRegression" and rep["filter_by"] == "paper"
     assert rep["embedding"]["metric"] == "cosine" and len(rep["embedding"]["is_outlier"]) == 1797
     assert "Outliers and near-duplicates" in (out / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- cleanlab's shape: labels and pred_probs alone
+def test_audit_labels_takes_arrays_like_cleanlab(digits, tmp_path):
+    pp, _ = _dirichlet_probs(len(digits), 10, seed=4)
+    y = digits.labels.numpy()
+    ref = L.audit_labels(digits, pred_probs=pp)
+    for lab in (y.astype(np.int32), y.astype(np.uint8), torch.as_tensor(y, dtype=torch.int16), y.tolist()):
+        a = L.audit_labels(lab, pp)
+        np.testing.assert_array_equal(a.flagged, ref.flagged)
+        np.testing.assert_array_equal(a.scores, ref.scores)
+        assert a.estimated_errors == ref.estimated_errors and a.class_names == [str(i) for i in range(10)]
+        assert a.labels.dtype == np.int64 and a.dataset == "labels"
+    named = L.audit_labels(y, pp, class_names=list("abcdefghij"), filter_by="both")
+    assert named.per_class[0]["class"] in "abcdefghij" and named.filter_by == "both"
+    np.save(tmp_path / "y.npy", y.astype(np.int32))
+    np.save(tmp_path / "pp.npy", pp.astype(np.float32))
+    from_files = L.audit_labels(tmp_path / "y.npy", tmp_path / "pp.npy")
+    assert from_files.pred_probs_method == "file:pp.npy" and from_files.dataset == "y.npy"
+    assert abs(from_files.num_flagged - ref.num_flagged) <= 2  # float32 rounding of the same probabilities
+    with pytest.raises(BadInput, match="needs their out-of-sample probabilities"):
+        L.audit_labels(y)
+    with pytest.raises(BadInput, match="3 class names for 10 columns"):
+        L.audit_labels(y, pp, class_names=["a", "b", "c"])
+    with pytest.raises(BadInput, match="integers"):
+        L.audit_labels(y.astype(float), pp)
+    with pytest.raises(BadInput, match="class range"):
+        L.audit_labels(y + 1, pp)
+
+
+def test_cli_labels_only_and_wrong_channel_model(tmp_path, digits):
+    from workbench.cli import main
+    from workbench.models import ModelCard, build_model, save_model
+
+    pp, _ = _dirichlet_probs(len(digits), 10, seed=4)
+    np.save(tmp_path / "y.npy", digits.labels.numpy().astype(np.int32))
+    np.save(tmp_path / "pp.npy", pp)
+    out = tmp_path / "audit"
+    assert main(["-q", "audit", "labels", "--labels", str(tmp_path / "y.npy"), "--pred-probs",
+                 str(tmp_path / "pp.npy"), "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())["result"]
+    assert rep["num_flagged"] == L.audit_labels(digits, pred_probs=pp).num_flagged
+    assert not (out / "pred_probs.npy").exists()  # the input, not written again
+    assert main(["-q", "audit", "labels", "--labels", str(tmp_path / "y.npy"), "--out", str(out)]) == 2
+    assert main(["-q", "audit", "labels", "--data", "digits", "--labels", str(tmp_path / "y.npy"),
+                 "--pred-probs", str(tmp_path / "pp.npy"), "--out", str(out)]) == 2
+    # A model built for 3-channel images on 1-channel digits: one line naming what it expects, exit 2.
+    rgb = tmp_path / "rgb"
+    save_model(build_model("cnn", 3, 10, 8, width=8), rgb, ModelCard("cnn", (3, 8, 8), [str(i) for i in range(10)],
+                                                                      arch_kwargs={"width": 8}))
+    with pytest.raises(BadInput, match=r"cannot take this data's 1×8×8 images: it expects 3-channel images"):
+        from workbench.models import load_model
+
+        L.audit_labels(digits, model=load_model(rgb).model, method="embeddings", folds=3)
+    assert main(["-q", "audit", "labels", "--data", "digits", "--method", "embeddings", "--model", str(rgb),
+                 "--out", str(tmp_path / "emb")]) == 2
+    assert not (tmp_path / "emb" / "report.json").exists()

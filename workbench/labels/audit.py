@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ import torch
 from torch import nn
 
 from ..data import ImageDataset
-from ..errors import require
+from ..errors import BadInput, require
 from ..training import Progress
-from .issues import FILTER_BY, RANK_BY, find_issues, label_quality_scores
+from .issues import FILTER_BY, RANK_BY, assess
 from .outliers import EmbeddingIssues, embedding_issues
 from .pred_probs import (
     DEFAULT_CALIBRATE,
@@ -27,8 +28,9 @@ from .pred_probs import (
     cross_val_pred_probs,
     embedding_pred_probs,
     load_pred_probs,
+    model_features,
 )
-from .validation import cleanlab_quiet, validate_labels, validate_pred_probs
+from .validation import validate_labels, validate_pred_probs
 
 #: How many examples to keep images of for the report gallery.
 GALLERY = 24
@@ -177,137 +179,139 @@ def _explain(filter_by: str, num_flagged: int, estimated: int, n_reduced: int) -
             f"{n_reduced} examples have an out-of-sample argmax different from their given label.")
 
 
-def audit_labels(ds: ImageDataset, *, pred_probs: Any = None, model: str | ModelFactory | nn.Module = "cnn",
-                 method: str = "kfold", folds: int = 5, epochs: int | None = None,
-                 seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA, calibrate: bool = DEFAULT_CALIBRATE,
-                 filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
-                 embeddings: bool | np.ndarray | nn.Module = False, embedding_layer: str | None = None,
-                 n_jobs: int | None = None, seed: int = 0, device: str | torch.device | None = "cpu",
+def _labels_array(labels: Any) -> np.ndarray:
+    """Labels as given (an array, tensor, list or a path to a ``.npy``), before range checks."""
+    if isinstance(labels, (str, Path)):
+        path = Path(labels)
+        require(path.is_file(), f"labels file not found: {path}")
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise BadInput(f"cannot read labels file {path} as a .npy array: {exc}") from None
+    if isinstance(labels, torch.Tensor):
+        return labels.detach().cpu().numpy()
+    return np.asarray(labels)
+
+
+def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_names: Sequence[str] | None = None,
+                 model: str | ModelFactory | nn.Module = "cnn", method: str = "kfold", folds: int = 5,
+                 epochs: int | None = None, seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA,
+                 calibrate: bool = DEFAULT_CALIBRATE, filter_by: str | None = None,
+                 rank_by: str = "self_confidence", embeddings: bool | np.ndarray | nn.Module = False,
+                 embedding_layer: str | None = None, n_jobs: int | None = None, seed: int = 0, device: str | torch.device | None = "cpu",
                  progress: Progress | None = None) -> LabelAudit:
-    """Audit ``ds``'s labels.
+    """Audit labels: ``audit_labels(dataset)`` or, as cleanlab takes them, ``audit_labels(labels, pred_probs)``.
 
-    Probabilities: ``pred_probs`` (an array, an :class:`OutOfSample`, or a path to a ``.npy``)
-    when given; else ``method="kfold"`` (train ``model`` — a zoo name or factory — per fold) or
-    ``method="embeddings"`` (``model`` must be a trained ``nn.Module``; cross-validated logistic
-    regression on its penultimate features). ``embeddings`` adds Datalab-style outlier and
-    near-duplicate detection: ``True`` (the features of the embeddings method, or of ``model``
-    if it is a trained module), an N×D array, or a trained module to embed with.
-    ``n_jobs`` goes to cleanlab (use 1 inside Streamlit).
+    ``data`` is an :class:`ImageDataset`, or the labels alone (any integer array, tensor or list,
+    or a path to a ``.npy``), which then needs ``pred_probs``; ``class_names`` name the classes of
+    bare labels (default ``"0"``, ``"1"``, …).
+
+    Probabilities: ``pred_probs`` (an N×K array, an :class:`OutOfSample`, or a path to a ``.npy``)
+    when given; else, for a dataset, ``method="kfold"`` (train ``model`` — a zoo name or factory —
+    ``seeds`` times per fold, see :func:`cross_val_pred_probs`) or ``method="embeddings"``
+    (``model`` must be a trained ``nn.Module``; cross-validated logistic regression on its
+    penultimate features). ``embeddings`` adds Datalab-style outlier and near-duplicate detection:
+    ``True`` (the features of the embeddings method, or of ``model`` if it is a trained module), an
+    N×D array, or a trained module to embed with.
+
+    ``filter_by`` defaults to ``prune_by_noise_rate``. ``n_jobs`` goes to cleanlab (use 1 inside
+    Streamlit).
     """
-    from cleanlab.count import (
-        compute_confident_joint,
-        estimate_joint,
-        estimate_latent,
-        num_label_issues,
-    )
-    from cleanlab.dataset import (
-        find_overlapping_classes,
-        overall_label_health_score,
-        rank_classes_by_label_quality,
-    )
-
     t_start = time.perf_counter()
-    labels = validate_labels(ds.labels, ds.num_classes)
-    require(filter_by in FILTER_BY, f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")
-    require(rank_by in RANK_BY, f"unknown rank_by {rank_by!r}; choose one of {', '.join(RANK_BY)}")
+    ds = data if isinstance(data, ImageDataset) else None
     require(method in ("kfold", "embeddings"), f"method must be kfold or embeddings, got {method!r}")
-    present = np.unique(labels)
-    require(len(present) >= 2, "the labels hold a single class: nothing to audit")
-    oos: OutOfSample
-    if pred_probs is not None:
-        if isinstance(pred_probs, OutOfSample):
-            oos = pred_probs
-            pp = validate_pred_probs(oos.pred_probs, len(ds), ds.num_classes)
-        else:
-            if isinstance(pred_probs, (str, Path)):
-                pp = load_pred_probs(pred_probs, len(ds), ds.num_classes)
-                src = f"file:{Path(pred_probs).name}"
-            else:
-                pp = validate_pred_probs(pred_probs, len(ds), ds.num_classes)
-                src = "given"
-            oos = OutOfSample(pp, src, 0, float((pp.argmax(1) == labels).mean()))
-    elif method == "embeddings":
-        require(isinstance(model, nn.Module), "method 'embeddings' needs a trained model (an nn.Module)")
-        oos = embedding_pred_probs(ds, model, layer=embedding_layer, folds=folds, seed=seed, progress=progress)
-        pp = oos.pred_probs
+    require(rank_by in RANK_BY, f"unknown rank_by {rank_by!r}; choose one of {', '.join(RANK_BY)}")
+    require(filter_by is None or filter_by in FILTER_BY,
+            f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")
+    if ds is not None:
+        raw_labels, names, name = ds.labels, list(ds.class_names), ds.name
+        require(class_names is None or list(class_names) == names,
+                "class_names differ from the dataset's; leave them out for a dataset")
     else:
-        require(isinstance(model, str) or callable(model),
-                "method 'kfold' needs a zoo architecture name or a model factory")
-        oos = cross_val_pred_probs(ds, model, folds=folds, epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate,
-                                   seed=seed, device=device, progress=progress)
-        pp = oos.pred_probs
+        require(pred_probs is not None, "auditing labels without images needs their out-of-sample probabilities: "
+                                        "audit_labels(labels, pred_probs), as cleanlab takes them")
+        raw_labels, names, name = _labels_array(data), None, "labels"
+        if isinstance(data, (str, Path)):
+            name = Path(data).name
+
+    src = None
+    if isinstance(pred_probs, (str, Path)):
+        pp_in = load_pred_probs(pred_probs)
+        src = f"file:{Path(pred_probs).name}"
+    elif isinstance(pred_probs, OutOfSample):
+        pp_in = pred_probs.pred_probs
+    elif pred_probs is not None:
+        pp_in = pred_probs.detach().cpu().numpy() if isinstance(pred_probs, torch.Tensor) else np.asarray(pred_probs)
+    else:
+        pp_in = None
+    if names is None:
+        require(pp_in.ndim == 2, f"pred_probs must be a 2-D array N×K, got shape {pp_in.shape}")
+        k = int(pp_in.shape[1])
+        names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(k)]
+        require(len(names) == k, f"{len(names)} class names for {k} columns of pred_probs")
+    n = len(raw_labels)
+    filter_by = filter_by or "prune_by_noise_rate"
+    labels = validate_labels(raw_labels, len(names))
+    require(len(np.unique(labels)) >= 2, "the labels hold a single class: nothing to audit")
+    oos = _probabilities(ds, labels, names, pp_in, pred_probs, src, model=model, method=method, folds=folds,
+                         epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate, embedding_layer=embedding_layer,
+                         seed=seed, device=device, progress=progress)
+    pp = oos.pred_probs
     if progress is not None:
         progress(1.0, "confident learning")
-
-    t0 = time.perf_counter()
-    with cleanlab_quiet():
-        cj = compute_confident_joint(labels, pp, calibrate=True)
-        mask = find_issues(labels, pp, filter_by=filter_by, n_jobs=n_jobs, confident_joint=cj)
-        scores = label_quality_scores(labels, pp, rank_by)
-        joint = estimate_joint(labels, pp, confident_joint=cj)
-        _py, nm, _inv = estimate_latent(cj, labels)
-        est = int(num_label_issues(labels, pp, estimation_method="off_diagonal_calibrated"))
-        health = float(overall_label_health_score(labels, pp, confident_joint=cj, verbose=False))
-        kw = {"joint": joint, "num_examples": len(labels)}
-        by_class = rank_classes_by_label_quality(class_names=list(ds.class_names), **kw)
-        overlap = find_overlapping_classes(class_names=list(ds.class_names), **kw)
-    flagged = np.flatnonzero(mask)
-    flagged = flagged[np.argsort(scores[flagged], kind="stable")]
-    ranked = np.argsort(scores, kind="stable")
-    t_cl = time.perf_counter() - t0
-
-    counts = np.bincount(labels, minlength=ds.num_classes)
-    fl_counts = np.bincount(labels[flagged], minlength=ds.num_classes)
-    per_class = []
-    for _, r in by_class.iterrows():
-        k = int(r["Class Index"])
-        per_class.append({"class": ds.class_names[k], "index": k, "examples": int(counts[k]),
-                          "flagged": int(fl_counts[k]),
-                          "% flagged": round(100 * fl_counts[k] / max(counts[k], 1), 2),
-                          "label issues": int(r["Label Issues"]),
-                          "inverse label issues": int(r["Inverse Label Issues"]),
-                          "label noise": round(float(r["Label Noise"]), 4),
-                          "inverse label noise": round(float(r["Inverse Label Noise"]), 4),
-                          "label quality": round(float(r["Label Quality Score"]), 4)})
-    overlapping = [{"class_a": str(r["Class Name A"]), "class_b": str(r["Class Name B"]),
-                    "index_a": int(r["Class Index A"]), "index_b": int(r["Class Index B"]),
-                    "num_overlapping": int(r["Num Overlapping Examples"]),
-                    "joint_probability": float(r["Joint Probability"])}
-                   for _, r in overlap.head(10).iterrows() if int(r["Num Overlapping Examples"]) > 0]
+    a = assess(labels, pp, filter_by=filter_by, rank_by=rank_by, class_names=names, n_jobs=n_jobs)
 
     emb = None
     if embeddings is not False and embeddings is not None:
         feats = None
-        if isinstance(embeddings, np.ndarray) or isinstance(embeddings, torch.Tensor):
+        if isinstance(embeddings, (np.ndarray, torch.Tensor)):
             feats = embeddings
         elif isinstance(embeddings, nn.Module):
-            from ..hooks import layer_outputs
-
-            feats = layer_outputs(embeddings, ds.images, embedding_layer)
+            require(ds is not None, "embedding with a model needs the images: audit a dataset, or pass N×D features")
+            feats = model_features(embeddings, ds, embedding_layer)
         elif oos.features is not None:
             feats = oos.features
-        elif isinstance(model, nn.Module):
-            from ..hooks import layer_outputs
-
-            feats = layer_outputs(model, ds.images, embedding_layer)
+        elif isinstance(model, nn.Module) and ds is not None:
+            feats = model_features(model, ds, embedding_layer)
         require(feats is not None, "outlier and near-duplicate detection needs embeddings: pass a trained model "
                                    "or an N×D feature array")
-        require(len(feats) == len(ds), f"embeddings have {len(feats)} rows for {len(ds)} examples")
+        require(len(feats) == n, f"embeddings have {len(feats)} rows for {n} examples")
         emb = embedding_issues(feats)
 
-    suggested = pp.argmax(1)
-    n_neq = int((suggested != labels).sum())
-    top = ranked[:GALLERY] if len(flagged) == 0 else flagged[:GALLERY]
+    n_neq = int((a.suggested != labels).sum())
+    top = a.ranked[:GALLERY] if len(a.flagged) == 0 else a.flagged[:GALLERY]
+    gallery = ds.images[torch.as_tensor(top)].clone() if ds is not None else None
     return LabelAudit(
-        dataset=ds.name, class_names=list(ds.class_names), n=len(ds), labels=labels, pred_probs=pp,
+        dataset=name, class_names=names, n=n, labels=labels, pred_probs=pp,
         pred_probs_method=oos.method, folds=oos.folds, out_of_sample_accuracy=oos.accuracy,
-        filter_by=filter_by, rank_by=rank_by, flagged=flagged, suggested=suggested, scores=scores, ranked=ranked,
-        num_flagged=int(len(flagged)), estimated_errors=est, estimate_method="off_diagonal_calibrated",
-        estimated_error_rate=est / len(ds), flagged_vs_estimate=_explain(filter_by, len(flagged), est, n_neq),
-        health_score=health, per_class=per_class, overlapping=overlapping, confident_joint=np.asarray(cj),
-        joint=np.asarray(joint), noise_matrix=np.asarray(nm), embedding=emb,
-        seconds_pred_probs=oos.seconds, seconds_cleanlab=t_cl, seconds_total=time.perf_counter() - t_start,
-        fold_accuracies=list(oos.fold_accuracies), pred_probs_detail=oos.describe(), _gallery_images=ds.images[torch.as_tensor(top)].clone())
+        filter_by=filter_by, rank_by=rank_by, flagged=a.flagged, suggested=a.suggested, scores=a.scores,
+        ranked=a.ranked, num_flagged=int(len(a.flagged)), estimated_errors=a.estimated_errors,
+        estimate_method="off_diagonal_calibrated", estimated_error_rate=a.estimated_error_rate,
+        flagged_vs_estimate=_explain(filter_by, len(a.flagged), a.estimated_errors, n_neq),
+        health_score=a.health_score, per_class=a.per_class, overlapping=a.overlapping,
+        confident_joint=a.confident_joint, joint=a.joint, noise_matrix=a.noise_matrix, embedding=emb,
+        seconds_pred_probs=oos.seconds, seconds_cleanlab=a.seconds, seconds_total=time.perf_counter() - t_start,
+        fold_accuracies=list(oos.fold_accuracies), pred_probs_detail=oos.describe(),
+        _gallery_images=gallery)
+
+
+def _probabilities(ds: ImageDataset | None, labels: np.ndarray, names: list[str], pp_in: np.ndarray | None,
+                   pred_probs: Any, src: str | None, *, model, method, folds, epochs, seeds, tta, calibrate,
+                   embedding_layer, seed, device, progress) -> OutOfSample:
+    """The audit's probabilities: validated given ones, or out-of-sample ones made from the dataset."""
+    n, k = len(labels), len(names)
+    if pp_in is not None:
+        pp = validate_pred_probs(pp_in, n, k)
+        if isinstance(pred_probs, OutOfSample):
+            return pred_probs if pred_probs.pred_probs is pp else replace(pred_probs, pred_probs=pp)
+        return OutOfSample(pp, src or "given", 0, float((pp.argmax(1) == labels).mean()))
+    require(ds is not None, "without pred_probs the audit needs the images (an ImageDataset)")
+    if method == "embeddings":
+        require(isinstance(model, nn.Module), "method 'embeddings' needs a trained model (an nn.Module)")
+        return embedding_pred_probs(ds, model, layer=embedding_layer, folds=folds, seed=seed, progress=progress)
+    require(isinstance(model, str) or callable(model), "method 'kfold' needs a zoo architecture name or a model factory")
+    return cross_val_pred_probs(ds, model, folds=folds, epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate,
+                                seed=seed, device=device, progress=progress)
 
 
 @dataclass

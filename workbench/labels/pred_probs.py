@@ -31,8 +31,9 @@ DEFAULT_TTA = False
 DEFAULT_CALIBRATE = False
 
 
-def load_pred_probs(path: str | Path, n: int, num_classes: int) -> np.ndarray:
-    """Read a user's ``.npy`` of probabilities (never unpickles) and validate it."""
+def load_pred_probs(path: str | Path, n: int | None = None, num_classes: int | None = None) -> np.ndarray:
+    """Read a user's ``.npy`` (or ``.npz`` with a ``pred_probs`` array) of probabilities, never
+    unpickling; validated against ``n`` examples and ``num_classes`` when those are given."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"pred_probs file not found: {path}")
@@ -45,7 +46,47 @@ def load_pred_probs(path: str | Path, n: int, num_classes: int) -> np.ndarray:
             keys = list(arr.files)
             require("pred_probs" in keys, f"{path}: an .npz needs an array named 'pred_probs'; found {keys}")
             arr = arr["pred_probs"]
+    if n is None or num_classes is None:
+        return arr
     return validate_pred_probs(arr, n, num_classes)
+
+
+def _first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    for name, m in model.named_modules():
+        if hasattr(m, "in_channels") or isinstance(m, nn.Linear):
+            return name, m
+    return None
+
+
+def model_features(model: nn.Module, ds: ImageDataset, layer: str | None = None, *,
+                   batch_size: int = 512) -> torch.Tensor:
+    """A trained model's features of every image of ``ds`` (:func:`workbench.hooks.layer_outputs`),
+    after checking on two images that the model takes this data: a model built for other images
+    (e.g. 3 channels for 1-channel data) is a :class:`BadInput` naming the shape it expects."""
+    from ..hooks import layer_outputs
+    from ..models import model_device
+
+    probe = ds.images[:2].to(model_device(model))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(probe)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = _first_layer(model)
+        c, h, w = ds.input_shape
+        if first is not None and hasattr(first[1], "in_channels"):
+            want = f"{first[1].in_channels}-channel images (its first layer {first[0]!r} is {first[1]})"
+        elif first is not None:
+            want = (f"inputs flattening to {first[1].in_features} values (its first layer {first[0]!r} is "
+                    f"{first[1]}); this data's images flatten to {c * h * w}")
+        else:
+            want = "other inputs"
+        raise BadInput(f"the model cannot take this data's {c}×{h}×{w} images: it expects {want} "
+                       f"[{type(exc).__name__}: {str(exc).splitlines()[0][:160]}]") from None
+    finally:
+        model.train(was_training)
+    return layer_outputs(model, ds.images, layer, batch_size=batch_size)
 
 
 @dataclass
@@ -200,14 +241,12 @@ def embedding_pred_probs(ds: ImageDataset, model: nn.Module, *, layer: str | Non
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from ..hooks import layer_outputs
-
     labels = validate_labels(ds.labels, ds.num_classes)
     check_folds(labels, folds, ds.class_names)
     t0 = time.perf_counter()
     if progress is not None:
         progress(0.0, "embedding")
-    feats = layer_outputs(model, ds.images, layer, batch_size=batch_size).numpy().astype(np.float64)
+    feats = model_features(model, ds, layer, batch_size=batch_size).numpy().astype(np.float64)
     clf = clone(classifier) if classifier is not None else make_pipeline(
         StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
     if progress is not None:
