@@ -432,3 +432,27 @@ def test_cli_labels_only_and_wrong_channel_model(tmp_path, digits):
     assert main(["-q", "audit", "labels", "--data", "digits", "--method", "embeddings", "--model", str(rgb),
                  "--out", str(tmp_path / "emb")]) == 2
     assert not (tmp_path / "emb" / "report.json").exists()
+
+
+def test_csv_cells_cannot_become_formulas_and_n_jobs_is_checked(tmp_path, digits):
+    import csv
+    import io
+    import time
+
+    assert [L.csv_cell(v) for v in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "cat", 3, -2.5)] == \
+        ["'=1+1", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx", "cat", 3, -2.5]
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1] * 10)
+    pp = np.where(np.eye(2)[1 - y] > 0, 0.8, 0.2)  # the model disagrees with every label: all flagged
+    names = ["=HYPERLINK(\"http://x\")", "@cmd"]
+    a = L.audit_labels(y, pp, class_names=names, filter_by="predicted_neq_given")
+    rows = list(csv.DictReader(io.StringIO(a.review_template())))
+    assert len(rows) == len(y)
+    assert {r["given_name"] for r in rows} == {"'" + n for n in names}
+    assert all(not r["given_name"].startswith(L.review.FORMULA_PREFIXES) for r in rows)
+    with pytest.raises(BadInput, match="n_jobs must be an integer >= 1"):
+        L.audit_labels(y, pp, n_jobs=0)
+    from workbench.cli import main
+
+    t0 = time.perf_counter()
+    assert main(["-q", "audit", "labels", "--data", "digits", "--n-jobs", "0", "--out", str(tmp_path / "o")]) == 2
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "o").exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -90,13 +88,11 @@ class LabelAudit:
 
     def review_template(self) -> str:
         """CSV for reviewers: one row per flagged example, the verdict column left empty."""
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["index", "given", "suggested", "given_name", "suggested_name", "score", "verdict"])
-        for r in self.flagged_rows():
-            w.writerow([r["index"], r["given"], r["suggested"], self.class_names[r["given"]],
-                        self.class_names[r["suggested"]], f"{r['score']:.5f}", ""])
-        return buf.getvalue()
+        from .review import csv_text
+
+        return csv_text(["index", "given", "suggested", "given_name", "suggested_name", "score", "verdict"],
+                        ([r["index"], r["given"], r["suggested"], self.class_names[r["given"]],
+                          self.class_names[r["suggested"]], f"{r['score']:.5f}", ""] for r in self.flagged_rows()))
 
     def report_sections(self):
         from ..report import Heatmap, ImageGrid, Metrics, Table, Text
@@ -221,6 +217,8 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
     ds = data if isinstance(data, ImageDataset) else None
     require(method in ("kfold", "embeddings"), f"method must be kfold or embeddings, got {method!r}")
     require(rank_by in RANK_BY, f"unknown rank_by {rank_by!r}; choose one of {', '.join(RANK_BY)}")
+    require(n_jobs is None or (isinstance(n_jobs, (int, np.integer)) and not isinstance(n_jobs, bool)
+                               and n_jobs >= 1), f"n_jobs must be an integer >= 1 (or None for every core), got {n_jobs}")
     require(filter_by is None or filter_by in FILTER_BY,
             f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")
     if ds is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,27 @@ from .validation import validate_labels
 
 #: PLE's human-validation categories.
 VERDICTS = ("given", "suggested", "both", "neither")
+#: A text cell starting with one of these is read as a formula by spreadsheet programs (OWASP "CSV
+#: injection"); such cells get a leading apostrophe, which spreadsheets show as plain text.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell safe to open in a spreadsheet: text starting with ``= + - @``, a tab or a carriage
+    return is prefixed with ``'``; numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """CSV text of ``header`` and ``rows`` with every text cell passed through :func:`csv_cell`."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([csv_cell(h) for h in header])
+    for row in rows:
+        w.writerow([csv_cell(v) for v in row])
+    return buf.getvalue()
 
 
 @dataclass

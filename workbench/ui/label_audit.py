@@ -6,7 +6,6 @@ cleanlab runs with ``n_jobs=1`` (its multiprocessing misbehaves inside Streamlit
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -28,6 +27,7 @@ from ..labels import (
     apply_review,
     audit_labels,
     corrected_npz_bytes,
+    csv_text,
 )
 from ..report import heatmap_png, to_uint8_images
 from .common import current_dataset, current_model, model_store, progress_callback
@@ -65,23 +65,16 @@ def _save_verdicts(key: tuple, verdicts: dict[int, str]) -> None:
 
 
 def _verdicts_csv(audit, verdicts: dict[int, str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["index", "given", "suggested", "verdict"])
-    for i, v in sorted(verdicts.items()):
-        w.writerow([i, int(audit.labels[i]), int(audit.suggested[i]), v])
-    return buf.getvalue()
+    return csv_text(["index", "given", "suggested", "verdict"],
+                    ([i, int(audit.labels[i]), int(audit.suggested[i]), v] for i, v in sorted(verdicts.items())))
 
 
 def _ranked_csv(audit) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["rank", "index", "given", "suggested", "score", "flagged"])
     flagged = set(audit.flagged.tolist())
-    for r, i in enumerate(audit.ranked, 1):
-        w.writerow([r, int(i), int(audit.labels[i]), int(audit.suggested[i]), f"{audit.scores[i]:.6f}",
-                    int(i in flagged)])
-    return buf.getvalue()
+    return csv_text(["rank", "index", "given", "suggested", "given_name", "suggested_name", "score", "flagged"],
+                    ([r, int(i), int(audit.labels[i]), int(audit.suggested[i]), audit.class_names[audit.labels[i]],
+                      audit.class_names[audit.suggested[i]], f"{audit.scores[i]:.6f}", int(i in flagged)]
+                     for r, i in enumerate(audit.ranked, 1)))
 
 
 def _run_controls(ds):
