@@ -4,6 +4,7 @@
                                      [--out /tmp/label_audit_bench]
     python benchmarks/label_audit.py --settings hard [--hard-seeds 0,1,2] [--hard-configs before,after]
                                      [--hard-width 4] [--hard-epochs 3]
+    python benchmarks/label_audit.py --settings scale [--scale-n 1000000] [--scale-subset 50000]
 
 For every setting: one seeded 5-fold audit with the default CNN (``workbench.labels.audit_labels``),
 then precision / recall of the flagged set against the injected flips for each ``filter_by`` (the
@@ -24,12 +25,24 @@ configuration of ``--hard-configs``: ``before`` = one model per fold, no test-ti
 temperature (the audit before this change), ``after`` = the library defaults, or ``sN[+tta][+cal]``.
 Prints per-run rows and the mean ± sd over seeds of precision, recall, flagged / true flips and the
 estimated error rate against the true one.
+
+``scale`` (issue #14 item 2): writes ``--scale-n`` × 10 float32 probabilities and int64 labels as
+``.npy`` files (10% of the labels flipped, probabilities from noisy logits), streamed in chunks;
+runs ``workbench audit labels --labels L.npy --pred-probs P.npy`` in a subprocess (``--scale-mode``
+``--batched``, the default at this size, or ``--in-memory`` for comparison, one per run) and reports its
+peak resident memory
+(the child's own ``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and wall time; then checks on
+the first ``--scale-subset`` rows that the batched and the in-memory checks flag the same samples
+and estimate the same number of errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,6 +153,77 @@ def hard_setting(args, ds) -> None:
               f"{ms([r['s'] for r in recs], fmt='{:.0f}')} |")
 
 
+def write_synthetic(directory: Path, n: int, k: int = 10, seed: int = 0, chunk: int = 100_000) -> tuple[Path, Path]:
+    """``labels.npy`` (int64) and ``pred_probs.npy`` (float32 N×K) written chunk by chunk."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lab_p, pp_p = directory / "labels.npy", directory / "pred_probs.npy"
+    labels = np.lib.format.open_memmap(lab_p, mode="w+", dtype=np.int64, shape=(n,))
+    probs = np.lib.format.open_memmap(pp_p, mode="w+", dtype=np.float32, shape=(n, k))
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        true = rng.integers(0, k, m)
+        logits = rng.normal(size=(m, k)) + 4.0 * np.eye(k)[true]
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        probs[start:start + m] = (p / p.sum(1, keepdims=True)).astype(np.float32)
+        flip = rng.random(m) < 0.1
+        labels[start:start + m] = np.where(flip, (true + rng.integers(1, k, m)) % k, true)
+    labels.flush()
+    probs.flush()
+    del labels, probs
+    return lab_p, pp_p
+
+
+def run_cli_measured(args: list[str]) -> tuple[int, float, float, str]:
+    """Run ``workbench`` in a fresh child; (exit code, its peak RSS in MB, seconds, its last lines).
+
+    The child reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` when the command returns."""
+    code = ("import resource, sys; from workbench.cli import main; c = main(sys.argv[1:]); "
+            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(c)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    sec = time.perf_counter() - t0
+    peak = int(proc.stderr.split("PEAK_KB")[1].split()[0]) / 1024 if "PEAK_KB" in proc.stderr else float("nan")
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return proc.returncode, peak, sec, " / ".join(text[-4:-1] if len(text) > 1 else text)
+
+
+def scale_setting(args) -> None:
+    d = args.out / "scale"
+    t0 = time.perf_counter()
+    lab_p, pp_p = write_synthetic(d, args.scale_n)
+    print(f"wrote {args.scale_n:,} × 10 float32 probabilities ({pp_p.stat().st_size / 2**20:.0f} MiB) and labels "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = []
+    for mode in (args.scale_mode,):
+        out = d / f"audit{mode.replace('-', '_')}"
+        code, peak, sec, last = run_cli_measured(["-q", "audit", "labels", "--labels", str(lab_p), "--pred-probs",
+                                                  str(pp_p), "--filter-by", "low_self_confidence", mode,
+                                                  "--out", str(out)])
+        rep = json.loads((out / "report.json").read_text())["result"] if code == 0 else {}
+        rows.append([mode, code, f"{peak:,.0f}", f"{sec:.0f}", rep.get("num_flagged"), rep.get("estimated_errors")])
+        print("  ", rows[-1], last, flush=True)
+    # Same flags on a subset that fits: batched vs in-memory, in this process.
+    m = args.scale_subset
+    sub = d / "subset"
+    sub.mkdir(exist_ok=True)
+    np.save(sub / "labels.npy", np.load(lab_p, mmap_mode="r")[:m])
+    np.save(sub / "pred_probs.npy", np.load(pp_p, mmap_mode="r")[:m])
+    a = L.audit_labels(sub / "labels.npy", sub / "pred_probs.npy", batched=True, batch_size=10_000, n_jobs=1)
+    b = L.audit_labels(sub / "labels.npy", sub / "pred_probs.npy", batched=False, filter_by=a.filter_by, n_jobs=1)
+    same = set(a.flagged.tolist()) == set(b.flagged.tolist())
+    print(f"\n{args.scale_n:,} × 10 memory-mapped probabilities, `workbench audit labels --labels --pred-probs`, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print("| mode | exit | peak RSS MB | wall s | flagged | estimated errors |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(str(v) for v in r) + " |")
+    print(f"\nfirst {m:,} rows: batched flags {a.num_flagged}, in-memory flags {b.num_flagged}, "
+          f"identical sets: {same}; estimated errors {a.estimated_errors} vs {b.estimated_errors}; "
+          f"confident joints equal: {bool(np.array_equal(a.confident_joint, b.confident_joint))}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", default="asym10,sym10,sym20,real")
@@ -154,12 +238,18 @@ def main() -> None:
     ap.add_argument("--hard-width", type=int, default=4, help="channels of the weak CNN's first block")
     ap.add_argument("--hard-epochs", type=int, default=3, help="epochs per weak model")
     ap.add_argument("--hard-filter", default="prune_by_noise_rate")
+    ap.add_argument("--scale-n", type=int, default=1_000_000)
+    ap.add_argument("--scale-subset", type=int, default=50_000)
+    ap.add_argument("--scale-mode", default="--batched", help="--batched or --in-memory (one per process)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset("mnist10k")
     if args.settings == "hard":
         hard_setting(args, ds)
+        return
+    if args.settings == "scale":
+        scale_setting(args)
         return
     clean = ds.labels.numpy()
     rows = []

@@ -456,3 +456,69 @@ def test_csv_cells_cannot_become_formulas_and_n_jobs_is_checked(tmp_path, digits
     t0 = time.perf_counter()
     assert main(["-q", "audit", "labels", "--data", "digits", "--n-jobs", "0", "--out", str(tmp_path / "o")]) == 2
     assert time.perf_counter() - t0 < 10 and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- batched check over memory-mapped files
+def _synthetic_files(tmp_path, n, seed=0, k=10):
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 4.0 * np.eye(k)[true]
+    pp = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.where(rng.random(n) < 0.1, (true + rng.integers(1, k, n)) % k, true)
+    np.save(tmp_path / "labels.npy", y.astype(np.int32))
+    np.save(tmp_path / "pred_probs.npy", pp.astype(np.float32))
+    return tmp_path / "labels.npy", tmp_path / "pred_probs.npy"
+
+
+def test_batched_check_flags_what_the_in_memory_check_flags(tmp_path, monkeypatch):
+    lab, pp = _synthetic_files(tmp_path, 20_000)
+    for f in L.BATCHED_FILTERS:
+        a = L.audit_labels(lab, pp, batched=True, batch_size=3_000, filter_by=f)
+        b = L.audit_labels(lab, pp, batched=False, filter_by=f)
+        assert a.batched and not b.batched and a.num_flagged > 1000
+        assert set(a.flagged.tolist()) == set(b.flagged.tolist())
+        np.testing.assert_array_equal(a.confident_joint, b.confident_joint)
+        assert a.estimated_errors == b.estimated_errors and a.per_class == b.per_class
+        assert isinstance(a.pred_probs, np.memmap)  # read in batches, never loaded whole by us
+    # above the size threshold the check is batched by default, with its own default filter
+    monkeypatch.setattr("workbench.labels.audit.BATCHED_ABOVE", 1000)
+    auto = L.audit_labels(lab, pp)
+    assert auto.batched and auto.filter_by == "low_self_confidence"
+    with pytest.raises(BadInput, match="supports filter_by low_self_confidence or low_normalized_margin"):
+        L.audit_labels(lab, pp, filter_by="prune_by_noise_rate")
+    bad = np.load(pp)
+    bad[15_000, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(BadInput, match=r"NaN or infinite values \(rows 15000"):
+        L.audit_labels(lab, tmp_path / "nan.npy", batched=True, batch_size=5_000)
+    np.save(tmp_path / "short.npy", np.load(lab)[:-1])
+    with pytest.raises(BadInput, match="19999 labels but pred_probs has 20000 rows"):
+        L.audit_labels(tmp_path / "short.npy", pp, batched=True)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BadInput, match="cannot read labels file"):
+        L.audit_labels(tmp_path / "obj.npy", pp, batched=True)
+
+
+def test_cli_batched_labels_only_in_bounded_memory(tmp_path):
+    """Fast version of the 1,000,000-row bar in benchmarks/label_audit.py --settings scale."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lab, pp = _synthetic_files(tmp_path, 200_000, seed=1)
+    out = tmp_path / "audit"
+    code = ("import resource, sys; from workbench.cli import main; c = main(sys.argv[1:]); "
+            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(c)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-c", code, "-q", "audit", "labels", "--labels", str(lab), "--pred-probs",
+                           str(pp), "--batched", "--batch-size", "50000", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = int(proc.stderr.split("PEAK_KB")[1].split()[0]) / 1024
+    assert peak_mb < 1500, peak_mb
+    rep = json.loads((out / "report.json").read_text())["result"]
+    assert rep["batched"] and rep["filter_by"] == "low_self_confidence"
+    ref = L.audit_labels(lab, pp, batched=False, filter_by="low_self_confidence")
+    assert rep["num_flagged"] == ref.num_flagged and rep["estimated_errors"] == ref.estimated_errors
+    assert len((out / "review.csv").read_text().splitlines()) == ref.num_flagged + 1

@@ -11,6 +11,8 @@ from ..atomic import atomic_write, atomic_write_text
 from ..data import load_dataset
 from ..errors import BadInput, require
 from ..labels import (
+    BATCH_SIZE,
+    BATCHED_ABOVE,
     DEFAULT_CALIBRATE,
     DEFAULT_SEEDS,
     DEFAULT_TTA,
@@ -69,6 +71,12 @@ def labels_cmd(
                                             help="Exit with code 3 when the estimated error rate exceeds RATE "
                                                  "(a fraction, e.g. 0.02)."),
     n_jobs: int = typer.Option(1, "--n-jobs", help="cleanlab worker processes."),
+    batched: bool | None = typer.Option(None, "--batched/--in-memory",
+                                        help="Check labels batch by batch over memory-mapped .npy files (cleanlab's "
+                                             "find_label_issues_batched; filter_by low_self_confidence or "
+                                             "low_normalized_margin). Default: batched above "
+                                             f"{BATCHED_ABOVE:,} probabilities (N×K)."),
+    batch_size: int = typer.Option(BATCH_SIZE, "--batch-size", help="Rows per batch of the batched check."),
     seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Find label errors with confident learning; write report.json/html, pred_probs.npy and review.csv.
 
@@ -82,7 +90,7 @@ def labels_cmd(
         names = [c.strip() for c in class_names.split(",")] if class_names else None
         with progress_bar(f"auditing labels in {labels.name}") as progress:
             audit = audit_labels(labels, pred_probs, class_names=names, filter_by=filter_by, rank_by=rank_by,
-                                 n_jobs=n_jobs, progress=progress)
+                                 n_jobs=n_jobs, batched=batched, batch_size=batch_size, progress=progress)
         paths = write_report(audit, out, title=f"Label audit: {labels.name}")
     else:
         require(class_names is None, "--class-names is for --labels; a dataset names its own classes")
@@ -95,14 +103,15 @@ def labels_cmd(
             audit = audit_labels(ds, pred_probs=pred_probs, model=net if net is not None else model, method=method,
                                  folds=folds, epochs=epochs or None, seeds=seeds, tta=tta, calibrate=calibrate,
                                  filter_by=filter_by, rank_by=rank_by,
-                                 embeddings=emb, n_jobs=n_jobs, seed=seed, device=device, progress=progress)
+                                 embeddings=emb, n_jobs=n_jobs, batched=batched, batch_size=batch_size, seed=seed,
+                                 device=device, progress=progress)
         paths = write_report(audit, out, title=f"Label audit: {ds.name}")
         paths["pred_probs"] = atomic_write(out / "pred_probs.npy", lambda p: _save_npy(p, audit.pred_probs))
     paths["review"] = atomic_write_text(out / "review.csv", audit.review_template())
     console.print(f"out-of-sample accuracy [bold]{100 * audit.out_of_sample_accuracy:.2f}%[/bold]; "
                   f"estimated label errors [bold]{audit.estimated_errors}[/bold] "
                   f"({100 * audit.estimated_error_rate:.2f}%, {audit.estimate_method}); "
-                  f"flagged [bold]{audit.num_flagged}[/bold] ({audit.filter_by}); "
+                  f"flagged [bold]{audit.num_flagged}[/bold] ({audit.filter_by}{', batched' if audit.batched else ''}); "
                   f"{audit.seconds_total:.1f} s (cleanlab {audit.seconds_cleanlab:.2f} s)")
     done(paths)
     if fail_above is not None and audit.estimated_error_rate > fail_above:

@@ -25,7 +25,8 @@ a module per task, plain functions over arrays:
 * :mod:`.pred_probs` — out-of-sample probabilities (K-fold, embeddings, a user's ``.npy``);
 * :mod:`.calibration` — temperature scaling fitted out of sample (cross-fitted on the held-out fold);
 * :mod:`.noise` — noise matrices, seeded label flips, flips to each class's most confused partner;
-* :mod:`.issues` — finding and ranking issues, the estimated number of errors;
+* :mod:`.issues` — finding and ranking issues, the estimated number of errors (:func:`assess`);
+* :mod:`.batched` — the same check batch by batch over memory-mapped ``.npy`` files (large data);
 * :mod:`.outliers` — Datalab-style outliers and near-duplicates on embeddings;
 * :mod:`.audit` — :class:`LabelAudit` and :func:`audit_labels`, and scoring against known flips;
 * :mod:`.review` — review files, applying verdicts, the corrected dataset;
@@ -54,10 +55,13 @@ Where we differ from the papers:
 """
 
 from .audit import GALLERY, DetectionScore, LabelAudit, audit_labels, detection_score
+from .batched import BATCH_SIZE, BATCHED_ABOVE, BATCHED_FILTERS, assess_batched, validate_batched
 from .calibration import cross_fit_temperature, fit_temperature
 from .issues import (
     FILTER_BY,
     RANK_BY,
+    Assessment,
+    assess,
     find_issues,
     label_quality_scores,
     paper_label_issues,
@@ -91,6 +95,7 @@ from .review import (
 from .validation import ROW_SUM_TOL, check_folds, validate_labels, validate_pred_probs
 
 __all__ = [
+    "BATCHED_ABOVE", "BATCHED_FILTERS", "BATCH_SIZE", "assess_batched", "validate_batched", "Assessment", "assess",
     "DEFAULT_CALIBRATE", "DEFAULT_SEEDS", "DEFAULT_TTA", "FILTER_BY", "GALLERY", "RANK_BY", "ROW_SUM_TOL", "VERDICTS",
     "Correction", "DetectionScore", "EmbeddingIssues", "LabelAudit", "ModelFactory", "OutOfSample", "Reranking",
     "Review",

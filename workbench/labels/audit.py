@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..data import ImageDataset
-from ..errors import BadInput, require
+from ..errors import require
 from ..training import Progress
+from .batched import BATCH_SIZE, BATCHED_ABOVE, BATCHED_FILTERS, assess_batched, open_labels, open_pred_probs
 from .issues import FILTER_BY, RANK_BY, assess
 from .outliers import EmbeddingIssues, embedding_issues
 from .pred_probs import (
@@ -25,7 +26,6 @@ from .pred_probs import (
     OutOfSample,
     cross_val_pred_probs,
     embedding_pred_probs,
-    load_pred_probs,
     model_features,
 )
 from .validation import validate_labels, validate_pred_probs
@@ -71,6 +71,7 @@ class LabelAudit:
     seconds_total: float = 0.0
     fold_accuracies: list[float] = field(default_factory=list)
     pred_probs_detail: str = ""  # how the probabilities were made, in words
+    batched: bool = False  # True when the label check ran batched over (memory-mapped) arrays
     _gallery_images: Any = field(default=None, repr=False)  # images of the top GALLERY ranked examples
 
     @property
@@ -178,12 +179,7 @@ def _explain(filter_by: str, num_flagged: int, estimated: int, n_reduced: int) -
 def _labels_array(labels: Any) -> np.ndarray:
     """Labels as given (an array, tensor, list or a path to a ``.npy``), before range checks."""
     if isinstance(labels, (str, Path)):
-        path = Path(labels)
-        require(path.is_file(), f"labels file not found: {path}")
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise BadInput(f"cannot read labels file {path} as a .npy array: {exc}") from None
+        return open_labels(labels)
     if isinstance(labels, torch.Tensor):
         return labels.detach().cpu().numpy()
     return np.asarray(labels)
@@ -194,7 +190,8 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
                  epochs: int | None = None, seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA,
                  calibrate: bool = DEFAULT_CALIBRATE, filter_by: str | None = None,
                  rank_by: str = "self_confidence", embeddings: bool | np.ndarray | nn.Module = False,
-                 embedding_layer: str | None = None, n_jobs: int | None = None, seed: int = 0, device: str | torch.device | None = "cpu",
+                 embedding_layer: str | None = None, n_jobs: int | None = None, batched: bool | None = None,
+                 batch_size: int = BATCH_SIZE, seed: int = 0, device: str | torch.device | None = "cpu",
                  progress: Progress | None = None) -> LabelAudit:
     """Audit labels: ``audit_labels(dataset)`` or, as cleanlab takes them, ``audit_labels(labels, pred_probs)``.
 
@@ -210,8 +207,12 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
     ``True`` (the features of the embeddings method, or of ``model`` if it is a trained module), an
     N×D array, or a trained module to embed with.
 
-    ``filter_by`` defaults to ``prune_by_noise_rate``. ``n_jobs`` goes to cleanlab (use 1 inside
-    Streamlit).
+    ``filter_by`` defaults to ``prune_by_noise_rate``. ``batched`` (default: when N·K exceeds
+    :data:`~workbench.labels.batched.BATCHED_ABOVE`) runs the label check with cleanlab's
+    ``find_label_issues_batched`` over ``batch_size`` rows at a time, reading ``.npy`` files
+    memory-mapped (:mod:`workbench.labels.batched`); it supports ``filter_by``
+    ``low_self_confidence`` (then its default) and ``low_normalized_margin``. ``n_jobs`` goes to
+    cleanlab (use 1 inside Streamlit).
     """
     t_start = time.perf_counter()
     ds = data if isinstance(data, ImageDataset) else None
@@ -232,9 +233,10 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
         if isinstance(data, (str, Path)):
             name = Path(data).name
 
+    # Probabilities given as a file stay memory-mapped until the check reads them (batched or not).
     src = None
     if isinstance(pred_probs, (str, Path)):
-        pp_in = load_pred_probs(pred_probs)
+        pp_in = open_pred_probs(pred_probs)
         src = f"file:{Path(pred_probs).name}"
     elif isinstance(pred_probs, OutOfSample):
         pp_in = pred_probs.pred_probs
@@ -248,16 +250,31 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
         names = [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(k)]
         require(len(names) == k, f"{len(names)} class names for {k} columns of pred_probs")
     n = len(raw_labels)
-    filter_by = filter_by or "prune_by_noise_rate"
-    labels = validate_labels(raw_labels, len(names))
-    require(len(np.unique(labels)) >= 2, "the labels hold a single class: nothing to audit")
-    oos = _probabilities(ds, labels, names, pp_in, pred_probs, src, model=model, method=method, folds=folds,
-                         epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate, embedding_layer=embedding_layer,
-                         seed=seed, device=device, progress=progress)
-    pp = oos.pred_probs
-    if progress is not None:
-        progress(1.0, "confident learning")
-    a = assess(labels, pp, filter_by=filter_by, rank_by=rank_by, class_names=names, n_jobs=n_jobs)
+    use_batched = batched if batched is not None else (pp_in is not None and n * len(names) > BATCHED_ABOVE)
+    require(not use_batched or pp_in is not None,
+            "the batched label check needs pred_probs (a .npy file or array); K-fold probabilities fit in memory")
+    filter_by = filter_by or ("low_self_confidence" if use_batched else "prune_by_noise_rate")
+    if use_batched:
+        require(filter_by in BATCHED_FILTERS, f"the batched label check supports filter_by "
+                                              f"{' or '.join(BATCHED_FILTERS)} (cleanlab's find_label_issues_batched), "
+                                              f"not {filter_by!r}")
+        require(embeddings is False or embeddings is None, "outliers and near-duplicates need the in-memory audit")
+        if progress is not None:
+            progress(0.0, "batched confident learning")
+        res = assess_batched(raw_labels, pp_in, filter_by=filter_by, rank_by=rank_by, class_names=names,
+                             batch_size=batch_size, n_jobs=n_jobs)
+        labels, pp, a = res.labels, pp_in, res.assessment
+        oos = OutOfSample(pp, src or "given", 0, res.accuracy)
+    else:
+        labels = validate_labels(raw_labels, len(names))
+        require(len(np.unique(labels)) >= 2, "the labels hold a single class: nothing to audit")
+        oos = _probabilities(ds, labels, names, pp_in, pred_probs, src, model=model, method=method, folds=folds,
+                             epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate,
+                             embedding_layer=embedding_layer, seed=seed, device=device, progress=progress)
+        pp = oos.pred_probs
+        if progress is not None:
+            progress(1.0, "confident learning")
+        a = assess(labels, pp, filter_by=filter_by, rank_by=rank_by, class_names=names, n_jobs=n_jobs)
 
     emb = None
     if embeddings is not False and embeddings is not None:
@@ -289,7 +306,7 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
         health_score=a.health_score, per_class=a.per_class, overlapping=a.overlapping,
         confident_joint=a.confident_joint, joint=a.joint, noise_matrix=a.noise_matrix, embedding=emb,
         seconds_pred_probs=oos.seconds, seconds_cleanlab=a.seconds, seconds_total=time.perf_counter() - t_start,
-        fold_accuracies=list(oos.fold_accuracies), pred_probs_detail=oos.describe(),
+        fold_accuracies=list(oos.fold_accuracies), pred_probs_detail=oos.describe(), batched=a.batched,
         _gallery_images=gallery)
 
 
