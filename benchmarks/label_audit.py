@@ -91,13 +91,17 @@ def weak_factory(width: int):
 
 
 def parse_config(name: str) -> dict:
+    """``before`` (one model per fold, 5 folds, as before the change), ``after`` (the library defaults) or
+    ``sN[+kF][+tta][+cal]``: N models per fold, F folds, test-time shifts, temperature."""
     if name == "before":
-        return {"seeds": 1, "tta": False, "calibrate": False}
+        return {"seeds": 1, "tta": False, "calibrate": False, "folds": 5}
     if name == "after":
-        return {"seeds": L.DEFAULT_SEEDS, "tta": L.DEFAULT_TTA, "calibrate": L.DEFAULT_CALIBRATE}
+        return {"seeds": L.DEFAULT_SEEDS, "tta": L.DEFAULT_TTA, "calibrate": L.DEFAULT_CALIBRATE,
+                "folds": L.DEFAULT_FOLDS}
     parts = name.split("+")
-    assert parts[0].startswith("s") and parts[0][1:].isdigit(), f"config {name!r}: use before, after or sN[+tta][+cal]"
-    return {"seeds": int(parts[0][1:]), "tta": "tta" in parts[1:], "calibrate": "cal" in parts[1:]}
+    assert parts[0].startswith("s") and parts[0][1:].isdigit(), f"config {name!r}: use before, after or sN[+kF][+tta][+cal]"
+    folds = next((int(p[1:]) for p in parts[1:] if p.startswith("k") and p[1:].isdigit()), L.DEFAULT_FOLDS)
+    return {"seeds": int(parts[0][1:]), "tta": "tta" in parts[1:], "calibrate": "cal" in parts[1:], "folds": folds}
 
 
 def hard_setting(args, ds) -> None:
@@ -118,7 +122,7 @@ def hard_setting(args, ds) -> None:
         for name in configs:
             cfg = parse_config(name)
             t1 = time.perf_counter()
-            a = L.audit_labels(dsn, model=weak, folds=args.folds, epochs=args.hard_epochs, seed=seed, n_jobs=1,
+            a = L.audit_labels(dsn, model=weak, epochs=args.hard_epochs, seed=seed, n_jobs=1,
                                filter_by=args.hard_filter, **cfg)
             sec = time.perf_counter() - t1
             s = L.detection_score(a, clean)
@@ -133,7 +137,8 @@ def hard_setting(args, ds) -> None:
     head = ["seed", "config", "oos acc", "flagged", "flips", "flagged/flips", "precision", "recall", "AUROC",
             "estimated rate", "true rate", "audit s"]
     print(f"\nHard setting: MNIST-10k, 10% of each class flipped to its most confused partner, weak "
-          f"{weak.__name__} x {args.hard_epochs} epochs per model, {args.folds} folds, filter_by {args.hard_filter}, "
+          f"{weak.__name__} x {args.hard_epochs} epochs per model, partners from {args.folds}-fold predictions, "
+          f"filter_by {args.hard_filter}, "
           f"torch threads {args.threads}")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

@@ -160,9 +160,11 @@ def test_inject_noise_is_seeded_and_matches_rate(digits, noisy_digits):
 @pytest.mark.slow
 def test_kfold_audit_recovers_known_flips(digits, noisy_digits):
     ds, _ = noisy_digits
-    a = L.audit_labels(ds, folds=3, epochs=5, seed=0)  # ~17 s on a busy 2-core machine
+    # One model per fold (member 0 keeps the single-model seeds, so these are the figures measured before
+    # the ensemble default); the ensemble itself is test_kfold_ensemble_tta_and_calibration_bookkeeping.
+    a = L.audit_labels(ds, folds=3, epochs=5, seeds=1, seed=0)  # 45 s at 1 torch thread, load average 10
     s = L.detection_score(a, digits.labels)
-    # measured: oos accuracy 0.889 (against noisy labels), P 0.965, R 0.835, AUROC 0.998
+    # measured (1 thread): oos accuracy 0.889 (against noisy labels), P 0.949, R 0.799, AUROC 0.998
     assert a.out_of_sample_accuracy > 0.85
     assert s.precision >= 0.9 and s.recall >= 0.75 and s.auroc >= 0.98, s
     assert a.pred_probs_method == "kfold:cnn" and len(a.fold_accuracies) == 3

@@ -14,6 +14,7 @@ from ..labels import (
     BATCH_SIZE,
     BATCHED_ABOVE,
     DEFAULT_CALIBRATE,
+    DEFAULT_FOLDS,
     DEFAULT_SEEDS,
     DEFAULT_TTA,
     FILTER_BY,
@@ -51,7 +52,7 @@ def labels_cmd(
                                                 "skips training."),
     method: str = typer.Option("kfold", "--method", help="kfold (train per fold) or embeddings (logistic "
                                                          "regression on a trained model's penultimate features)."),
-    folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds (stratified, seeded)."),
+    folds: int = typer.Option(DEFAULT_FOLDS, "--folds", "-k", help="Cross-validation folds (stratified, seeded)."),
     epochs: int = typer.Option(0, "--epochs", help="Training epochs per model (0 = default: 2 for cnn)."),
     seeds: int = typer.Option(DEFAULT_SEEDS, "--seeds",
                               help="Models trained per fold (different seeds), their probabilities averaged."),

@@ -71,6 +71,7 @@ from .noise import flip_to_partner, inject_noise, most_confused_partner, noise_m
 from .outliers import EmbeddingIssues, embedding_issues
 from .pred_probs import (
     DEFAULT_CALIBRATE,
+    DEFAULT_FOLDS,
     DEFAULT_SEEDS,
     DEFAULT_TTA,
     ModelFactory,
@@ -96,7 +97,7 @@ from .validation import ROW_SUM_TOL, check_folds, validate_labels, validate_pred
 
 __all__ = [
     "BATCHED_ABOVE", "BATCHED_FILTERS", "BATCH_SIZE", "assess_batched", "validate_batched", "Assessment", "assess",
-    "DEFAULT_CALIBRATE", "DEFAULT_SEEDS", "DEFAULT_TTA", "FILTER_BY", "GALLERY", "RANK_BY", "ROW_SUM_TOL", "VERDICTS",
+    "DEFAULT_CALIBRATE", "DEFAULT_FOLDS", "DEFAULT_SEEDS", "DEFAULT_TTA", "FILTER_BY", "GALLERY", "RANK_BY", "ROW_SUM_TOL", "VERDICTS",
     "Correction", "DetectionScore", "EmbeddingIssues", "LabelAudit", "ModelFactory", "OutOfSample", "Reranking",
     "Review",
     "apply_review", "audit_labels", "check_folds", "corrected_npz_bytes", "cross_fit_temperature", "csv_cell", "csv_text",

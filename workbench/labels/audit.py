@@ -20,6 +20,7 @@ from .issues import FILTER_BY, RANK_BY, assess
 from .outliers import EmbeddingIssues, embedding_issues
 from .pred_probs import (
     DEFAULT_CALIBRATE,
+    DEFAULT_FOLDS,
     DEFAULT_SEEDS,
     DEFAULT_TTA,
     ModelFactory,
@@ -186,7 +187,7 @@ def _labels_array(labels: Any) -> np.ndarray:
 
 
 def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_names: Sequence[str] | None = None,
-                 model: str | ModelFactory | nn.Module = "cnn", method: str = "kfold", folds: int = 5,
+                 model: str | ModelFactory | nn.Module = "cnn", method: str = "kfold", folds: int = DEFAULT_FOLDS,
                  epochs: int | None = None, seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA,
                  calibrate: bool = DEFAULT_CALIBRATE, filter_by: str | None = None,
                  rank_by: str = "self_confidence", embeddings: bool | np.ndarray | nn.Module = False,

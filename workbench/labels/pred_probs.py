@@ -26,6 +26,7 @@ ModelFactory = Callable[..., nn.Module]
 
 #: Defaults of the K-fold path (see :func:`cross_val_pred_probs` and docs/label-audit.md for the
 #: measurements behind them): models averaged per fold, test-time shifts, temperature scaling.
+DEFAULT_FOLDS = 5
 DEFAULT_SEEDS = 3
 DEFAULT_TTA = False
 DEFAULT_CALIBRATE = False
@@ -147,7 +148,7 @@ def member_seed(seed: int, fold: int, member: int) -> int:
     return seed + 1000 * fold + 100_003 * member
 
 
-def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *, folds: int = 5,
+def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *, folds: int = DEFAULT_FOLDS,
                          epochs: int | None = None, seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA,
                          calibrate: bool = DEFAULT_CALIBRATE,
                          seed: int = 0, device: str | torch.device | None = "cpu", augment: bool = True,

@@ -19,6 +19,7 @@ import streamlit as st
 from ..atomic import atomic_write_text
 from ..errors import BadInput
 from ..labels import (
+    DEFAULT_FOLDS,
     DEFAULT_SEEDS,
     FILTER_BY,
     RANK_BY,
@@ -82,7 +83,7 @@ def _run_controls(ds):
     c1, c2, c3 = st.columns(3)
     options = list(SOURCES)
     source = c1.selectbox("Probabilities", options, format_func=SOURCES.get, key="la_source")
-    folds = c2.number_input("Folds", 2, 10, 5, key="la_folds")
+    folds = c2.number_input("Folds", 2, 10, DEFAULT_FOLDS, key="la_folds")
     seed = c3.number_input("Seed", 0, 10_000, 0, key="la_seed")
     arch, epochs, seeds, upload = "cnn", 0, DEFAULT_SEEDS, None
     if source == "kfold":
