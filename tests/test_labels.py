@@ -160,8 +160,8 @@ def test_inject_noise_is_seeded_and_matches_rate(digits, noisy_digits):
 @pytest.mark.slow
 def test_kfold_audit_recovers_known_flips(digits, noisy_digits):
     ds, _ = noisy_digits
-    # One model per fold (member 0 keeps the single-model seeds, so these are the figures measured before
-    # the ensemble default); the ensemble itself is test_kfold_ensemble_tta_and_calibration_bookkeeping.
+    # One model per fold (member 0 keeps the single-model seeds): the bars were set on that path; the
+    # ensemble default has test_kfold_ensemble_tta_and_calibration_bookkeeping and benchmarks/label_audit.py.
     a = L.audit_labels(ds, folds=3, epochs=5, seeds=1, seed=0)  # 45 s at 1 torch thread, load average 10
     s = L.detection_score(a, digits.labels)
     # measured (1 thread): oos accuracy 0.889 (against noisy labels), P 0.949, R 0.799, AUROC 0.998

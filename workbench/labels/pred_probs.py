@@ -123,8 +123,8 @@ class OutOfSample:
 
 def _default_fold_epochs(arch: str, n_train: int) -> int:
     """Epochs per model. Few epochs keep the audit fast and limit memorisation of wrong labels; with
-    :data:`DEFAULT_SEEDS` models per fold, two epochs each of the zoo CNN cost what one model of four
-    did (the MNIST-10k figures in docs/label-audit.md). Small data gets more."""
+    :data:`DEFAULT_SEEDS` models per fold, two epochs each of the zoo CNN cost 1.5x one model of four
+    (the figures in docs/label-audit.md). Small data gets more."""
     if n_train < 3000:
         return 10
     return 2 if arch == "cnn" else 3
