@@ -30,10 +30,12 @@ def test_paper_selection_matches_direct_computation():
     t = np.array([pp[y == j, j].mean() for j in range(k)])
     confident = pp >= t - 1e-6
     guess = np.where(confident.sum(1) > 1, pp.argmax(1), confident.argmax(1))
-    off = confident.any(1) & (guess != y)
-    # cleanlab drops off-diagonal examples whose argmax is the given label.
-    off &= pp.argmax(1) != y
-    count = int(off.sum())
+    cj = np.zeros((k, k))
+    np.add.at(cj, (y[confident.any(1)], guess[confident.any(1)]), 1)
+    np.fill_diagonal(cj, np.maximum(cj.diagonal(), 1))  # cleanlab keeps every diagonal cell >= 1
+    # The CL paper's count (cleanlab 1.0 num_label_errors): (1 - trace C / sum C) * N, truncated.
+    count = int((1 - np.trace(cj) / cj.sum()) * n)
+    assert L.paper_num_label_issues(y, pp) == count
     # Normalized margin by hand: (p_given - max_{k != given} p_k + 1) / 2.
     others = pp.copy()
     others[np.arange(n), y] = -np.inf
@@ -42,10 +44,14 @@ def test_paper_selection_matches_direct_computation():
     got = L.paper_label_issues(y, pp)
     assert count > 20
     np.testing.assert_array_equal(got, expected)
-    # and it is cleanlab's low_normalized_margin set
     mask = L.find_issues(y, pp, filter_by="paper")
     assert set(np.flatnonzero(mask)) == set(expected.tolist())
-    assert set(np.flatnonzero(L.find_issues(y, pp, filter_by="low_normalized_margin"))) == set(expected.tolist())
+    # cleanlab 2.9's low_normalized_margin cuts the same ranking at its own 'off_diagonal' count:
+    # off-diagonal examples of C whose argmax is not the given label (a different, smaller number here).
+    off = confident.any(1) & (guess != y) & (pp.argmax(1) != y)
+    lnm = np.flatnonzero(L.find_issues(y, pp, filter_by="low_normalized_margin"))
+    assert set(lnm) == set(np.argsort(margin, kind="stable")[:int(off.sum())].tolist())
+    assert int(off.sum()) < count
 
 
 def test_audit_ranks_flagged_by_score_and_full_ranking(digits):
@@ -66,6 +72,70 @@ def test_audit_ranks_flagged_by_score_and_full_ranking(digits):
     assert a.estimated_errors == int(np.rint((1 - np.trace(a.joint)) * len(digits)))
     assert len(a.per_class) == 10 and sum(r["flagged"] for r in a.per_class) == a.num_flagged
     np.testing.assert_allclose(a.noise_matrix.sum(0), 1.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- calibration, ensembles, structured noise
+def test_fit_temperature_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=3.0, size=(4000, 6))
+    p_true = np.exp(z / 2.5) / np.exp(z / 2.5).sum(1, keepdims=True)
+    y = np.array([rng.choice(6, p=row) for row in p_true])
+    assert L.fit_temperature(z, y) == pytest.approx(2.5, rel=0.08)
+    # cross-fitting: each half is scaled by the temperature fitted on the other half
+    pp = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    out, temps = L.cross_fit_temperature(pp, y, seed=3)
+    order = np.random.default_rng(3).permutation(len(y))
+    a, b = order[:2000], order[2000:]
+    t_b = L.fit_temperature(np.log(pp[b]), y[b])
+    assert temps[0] == pytest.approx(t_b)
+    expected = np.exp(np.log(pp[a]) / t_b)
+    np.testing.assert_allclose(out[a], expected / expected.sum(1, keepdims=True), atol=1e-9)
+    np.testing.assert_array_equal(out.argmax(1), pp.argmax(1))  # temperature never changes the argmax
+
+
+def test_most_confused_partner_and_partner_flips():
+    y = np.array([0] * 10 + [1] * 10 + [2] * 20)
+    pred = y.copy()
+    pred[:3] = 2  # class 0 is confused with 2 three times, with 1 once
+    pred[3] = 1
+    pred[10:12] = 0  # class 1 with 0
+    pred[20] = 0  # class 2: one confusion with 0, one with 1 -> tie, broken by the mean probability
+    pred[21] = 1
+    pp = np.full((len(y), 3), 0.05)
+    pp[np.arange(len(y)), pred] = 0.9
+    pp[20:, 1] += 0.01
+    pp /= pp.sum(1, keepdims=True)
+    np.testing.assert_array_equal(L.most_confused_partner(y, pp), [2, 0, 1])
+    noisy = L.flip_to_partner(y, [2, 0, 1], rate=0.2, seed=1)
+    moved = noisy != y
+    assert moved[y == 0].sum() == 2 and moved[y == 1].sum() == 2 and moved[y == 2].sum() == 4
+    assert set(noisy[moved & (y == 0)]) == {2} and set(noisy[moved & (y == 2)]) == {1}
+    np.testing.assert_array_equal(noisy, L.flip_to_partner(y, [2, 0, 1], rate=0.2, seed=1))
+    with pytest.raises(BadInput, match="another class"):
+        L.flip_to_partner(y, [0, 0, 1])
+
+
+def test_kfold_ensemble_tta_and_calibration_bookkeeping(digits):
+    from torch import nn
+
+    ds = digits.subset(range(300))
+    seen = []
+
+    def tiny(c, k, size, seed):
+        seen.append(seed)
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(c * size[0] * size[1], k))
+
+    oos = L.cross_val_pred_probs(ds, tiny, folds=3, epochs=1, seeds=2, tta=True, calibrate=True, seed=5)
+    assert seen == [5, 5 + 100_003, 1005, 1005 + 100_003, 2005, 2005 + 100_003]
+    assert oos.seeds == 2 and oos.views == 5 and len(oos.temperatures) == 6
+    np.testing.assert_allclose(oos.pred_probs.sum(1), 1.0)
+    # one model, no shifts, no temperature: member 0 of every fold has the single-model seed
+    seen.clear()
+    one = L.cross_val_pred_probs(ds, tiny, folds=3, epochs=1, seeds=1, seed=5)
+    assert seen == [5, 1005, 2005] and one.views == 1 and one.temperatures == []
+    with pytest.raises(BadInput, match="seeds"):
+        L.cross_val_pred_probs(ds, tiny, folds=3, epochs=1, seeds=0)
 
 
 # ---------------------------------------------------------------- noise recovery (real training)
@@ -90,9 +160,11 @@ def test_inject_noise_is_seeded_and_matches_rate(digits, noisy_digits):
 @pytest.mark.slow
 def test_kfold_audit_recovers_known_flips(digits, noisy_digits):
     ds, _ = noisy_digits
-    a = L.audit_labels(ds, folds=3, epochs=5, seed=0)  # ~17 s on a busy 2-core machine
+    # One model per fold (member 0 keeps the single-model seeds): the bars were set on that path; the
+    # ensemble default has test_kfold_ensemble_tta_and_calibration_bookkeeping and benchmarks/label_audit.py.
+    a = L.audit_labels(ds, folds=3, epochs=5, seeds=1, seed=0)  # 45 s at 1 torch thread, load average 10
     s = L.detection_score(a, digits.labels)
-    # measured: oos accuracy 0.889 (against noisy labels), P 0.965, R 0.835, AUROC 0.998
+    # measured (1 thread): oos accuracy 0.889 (against noisy labels), P 0.949, R 0.799, AUROC 0.998
     assert a.out_of_sample_accuracy > 0.85
     assert s.precision >= 0.9 and s.recall >= 0.75 and s.auroc >= 0.98, s
     assert a.pred_probs_method == "kfold:cnn" and len(a.fold_accuracies) == 3
@@ -305,3 +377,150 @@ def test_cli_embeddings_path_with_outliers(tmp_path, saved_digits_model):
     assert rep["pred_probs_method"] == "embeddings:LogisticRegression" and rep["filter_by"] == "paper"
     assert rep["embedding"]["metric"] == "cosine" and len(rep["embedding"]["is_outlier"]) == 1797
     assert "Outliers and near-duplicates" in (out / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- cleanlab's shape: labels and pred_probs alone
+def test_audit_labels_takes_arrays_like_cleanlab(digits, tmp_path):
+    pp, _ = _dirichlet_probs(len(digits), 10, seed=4)
+    y = digits.labels.numpy()
+    ref = L.audit_labels(digits, pred_probs=pp)
+    for lab in (y.astype(np.int32), y.astype(np.uint8), torch.as_tensor(y, dtype=torch.int16), y.tolist()):
+        a = L.audit_labels(lab, pp)
+        np.testing.assert_array_equal(a.flagged, ref.flagged)
+        np.testing.assert_array_equal(a.scores, ref.scores)
+        assert a.estimated_errors == ref.estimated_errors and a.class_names == [str(i) for i in range(10)]
+        assert a.labels.dtype == np.int64 and a.dataset == "labels"
+    named = L.audit_labels(y, pp, class_names=list("abcdefghij"), filter_by="both")
+    assert named.per_class[0]["class"] in "abcdefghij" and named.filter_by == "both"
+    np.save(tmp_path / "y.npy", y.astype(np.int32))
+    np.save(tmp_path / "pp.npy", pp.astype(np.float32))
+    from_files = L.audit_labels(tmp_path / "y.npy", tmp_path / "pp.npy")
+    assert from_files.pred_probs_method == "file:pp.npy" and from_files.dataset == "y.npy"
+    assert abs(from_files.num_flagged - ref.num_flagged) <= 2  # float32 rounding of the same probabilities
+    with pytest.raises(BadInput, match="needs their out-of-sample probabilities"):
+        L.audit_labels(y)
+    with pytest.raises(BadInput, match="3 class names for 10 columns"):
+        L.audit_labels(y, pp, class_names=["a", "b", "c"])
+    with pytest.raises(BadInput, match="integers"):
+        L.audit_labels(y.astype(float), pp)
+    with pytest.raises(BadInput, match="class range"):
+        L.audit_labels(y + 1, pp)
+
+
+def test_cli_labels_only_and_wrong_channel_model(tmp_path, digits):
+    from workbench.cli import main
+    from workbench.models import ModelCard, build_model, save_model
+
+    pp, _ = _dirichlet_probs(len(digits), 10, seed=4)
+    np.save(tmp_path / "y.npy", digits.labels.numpy().astype(np.int32))
+    np.save(tmp_path / "pp.npy", pp)
+    out = tmp_path / "audit"
+    assert main(["-q", "audit", "labels", "--labels", str(tmp_path / "y.npy"), "--pred-probs",
+                 str(tmp_path / "pp.npy"), "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())["result"]
+    assert rep["num_flagged"] == L.audit_labels(digits, pred_probs=pp).num_flagged
+    assert not (out / "pred_probs.npy").exists()  # the input, not written again
+    assert main(["-q", "audit", "labels", "--labels", str(tmp_path / "y.npy"), "--out", str(out)]) == 2
+    assert main(["-q", "audit", "labels", "--data", "digits", "--labels", str(tmp_path / "y.npy"),
+                 "--pred-probs", str(tmp_path / "pp.npy"), "--out", str(out)]) == 2
+    # A model built for 3-channel images on 1-channel digits: one line naming what it expects, exit 2.
+    rgb = tmp_path / "rgb"
+    save_model(build_model("cnn", 3, 10, 8, width=8), rgb, ModelCard("cnn", (3, 8, 8), [str(i) for i in range(10)],
+                                                                      arch_kwargs={"width": 8}))
+    with pytest.raises(BadInput, match=r"cannot take this data's 1×8×8 images: it expects 3-channel images"):
+        from workbench.models import load_model
+
+        L.audit_labels(digits, model=load_model(rgb).model, method="embeddings", folds=3)
+    assert main(["-q", "audit", "labels", "--data", "digits", "--method", "embeddings", "--model", str(rgb),
+                 "--out", str(tmp_path / "emb")]) == 2
+    assert not (tmp_path / "emb" / "report.json").exists()
+
+
+def test_csv_cells_cannot_become_formulas_and_n_jobs_is_checked(tmp_path, digits):
+    import csv
+    import io
+    import time
+
+    assert [L.csv_cell(v) for v in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx", "cat", 3, -2.5)] == \
+        ["'=1+1", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\rx", "cat", 3, -2.5]
+    y = np.array([0, 0, 0, 1, 1, 1, 0, 1] * 10)
+    pp = np.where(np.eye(2)[1 - y] > 0, 0.8, 0.2)  # the model disagrees with every label: all flagged
+    names = ["=HYPERLINK(\"http://x\")", "@cmd"]
+    a = L.audit_labels(y, pp, class_names=names, filter_by="predicted_neq_given")
+    rows = list(csv.DictReader(io.StringIO(a.review_template())))
+    assert len(rows) == len(y)
+    assert {r["given_name"] for r in rows} == {"'" + n for n in names}
+    assert all(not r["given_name"].startswith(L.review.FORMULA_PREFIXES) for r in rows)
+    with pytest.raises(BadInput, match="n_jobs must be an integer >= 1"):
+        L.audit_labels(y, pp, n_jobs=0)
+    from workbench.cli import main
+
+    t0 = time.perf_counter()
+    assert main(["-q", "audit", "labels", "--data", "digits", "--n-jobs", "0", "--out", str(tmp_path / "o")]) == 2
+    assert time.perf_counter() - t0 < 10 and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- batched check over memory-mapped files
+def _synthetic_files(tmp_path, n, seed=0, k=10):
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 4.0 * np.eye(k)[true]
+    pp = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.where(rng.random(n) < 0.1, (true + rng.integers(1, k, n)) % k, true)
+    np.save(tmp_path / "labels.npy", y.astype(np.int32))
+    np.save(tmp_path / "pred_probs.npy", pp.astype(np.float32))
+    return tmp_path / "labels.npy", tmp_path / "pred_probs.npy"
+
+
+def test_batched_check_flags_what_the_in_memory_check_flags(tmp_path, monkeypatch):
+    lab, pp = _synthetic_files(tmp_path, 20_000)
+    for f in L.BATCHED_FILTERS:
+        a = L.audit_labels(lab, pp, batched=True, batch_size=3_000, filter_by=f)
+        b = L.audit_labels(lab, pp, batched=False, filter_by=f)
+        assert a.batched and not b.batched and a.num_flagged > 1000
+        assert set(a.flagged.tolist()) == set(b.flagged.tolist())
+        np.testing.assert_array_equal(a.confident_joint, b.confident_joint)
+        assert a.estimated_errors == b.estimated_errors and a.per_class == b.per_class
+        assert isinstance(a.pred_probs, np.memmap)  # read in batches, never loaded whole by us
+    # above the size threshold the check is batched by default, with its own default filter
+    monkeypatch.setattr("workbench.labels.audit.BATCHED_ABOVE", 1000)
+    auto = L.audit_labels(lab, pp)
+    assert auto.batched and auto.filter_by == "low_self_confidence"
+    with pytest.raises(BadInput, match="supports filter_by low_self_confidence or low_normalized_margin"):
+        L.audit_labels(lab, pp, filter_by="prune_by_noise_rate")
+    bad = np.load(pp)
+    bad[15_000, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(BadInput, match=r"NaN or infinite values \(rows 15000"):
+        L.audit_labels(lab, tmp_path / "nan.npy", batched=True, batch_size=5_000)
+    np.save(tmp_path / "short.npy", np.load(lab)[:-1])
+    with pytest.raises(BadInput, match="19999 labels but pred_probs has 20000 rows"):
+        L.audit_labels(tmp_path / "short.npy", pp, batched=True)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BadInput, match="cannot read labels file"):
+        L.audit_labels(tmp_path / "obj.npy", pp, batched=True)
+
+
+def test_cli_batched_labels_only_in_bounded_memory(tmp_path):
+    """Fast version of the 1,000,000-row bar in benchmarks/label_audit.py --settings scale."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lab, pp = _synthetic_files(tmp_path, 200_000, seed=1)
+    out = tmp_path / "audit"
+    code = ("import resource, sys; from workbench.cli import main; c = main(sys.argv[1:]); "
+            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(c)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-c", code, "-q", "audit", "labels", "--labels", str(lab), "--pred-probs",
+                           str(pp), "--batched", "--batch-size", "50000", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    peak_mb = int(proc.stderr.split("PEAK_KB")[1].split()[0]) / 1024
+    assert peak_mb < 1500, peak_mb
+    rep = json.loads((out / "report.json").read_text())["result"]
+    assert rep["batched"] and rep["filter_by"] == "low_self_confidence"
+    ref = L.audit_labels(lab, pp, batched=False, filter_by="low_self_confidence")
+    assert rep["num_flagged"] == ref.num_flagged and rep["estimated_errors"] == ref.estimated_errors
+    assert len((out / "review.csv").read_text().splitlines()) == ref.num_flagged + 1

@@ -6,7 +6,6 @@ cleanlab runs with ``n_jobs=1`` (its multiprocessing misbehaves inside Streamlit
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -19,7 +18,18 @@ import streamlit as st
 
 from ..atomic import atomic_write_text
 from ..errors import BadInput
-from ..labels import FILTER_BY, RANK_BY, VERDICTS, Review, apply_review, audit_labels, corrected_npz_bytes
+from ..labels import (
+    DEFAULT_FOLDS,
+    DEFAULT_SEEDS,
+    FILTER_BY,
+    RANK_BY,
+    VERDICTS,
+    Review,
+    apply_review,
+    audit_labels,
+    corrected_npz_bytes,
+    csv_text,
+)
 from ..report import heatmap_png, to_uint8_images
 from .common import current_dataset, current_model, model_store, progress_callback
 
@@ -56,23 +66,16 @@ def _save_verdicts(key: tuple, verdicts: dict[int, str]) -> None:
 
 
 def _verdicts_csv(audit, verdicts: dict[int, str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["index", "given", "suggested", "verdict"])
-    for i, v in sorted(verdicts.items()):
-        w.writerow([i, int(audit.labels[i]), int(audit.suggested[i]), v])
-    return buf.getvalue()
+    return csv_text(["index", "given", "suggested", "verdict"],
+                    ([i, int(audit.labels[i]), int(audit.suggested[i]), v] for i, v in sorted(verdicts.items())))
 
 
 def _ranked_csv(audit) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["rank", "index", "given", "suggested", "score", "flagged"])
     flagged = set(audit.flagged.tolist())
-    for r, i in enumerate(audit.ranked, 1):
-        w.writerow([r, int(i), int(audit.labels[i]), int(audit.suggested[i]), f"{audit.scores[i]:.6f}",
-                    int(i in flagged)])
-    return buf.getvalue()
+    return csv_text(["rank", "index", "given", "suggested", "given_name", "suggested_name", "score", "flagged"],
+                    ([r, int(i), int(audit.labels[i]), int(audit.suggested[i]), audit.class_names[audit.labels[i]],
+                      audit.class_names[audit.suggested[i]], f"{audit.scores[i]:.6f}", int(i in flagged)]
+                     for r, i in enumerate(audit.ranked, 1)))
 
 
 def _run_controls(ds):
@@ -80,13 +83,15 @@ def _run_controls(ds):
     c1, c2, c3 = st.columns(3)
     options = list(SOURCES)
     source = c1.selectbox("Probabilities", options, format_func=SOURCES.get, key="la_source")
-    folds = c2.number_input("Folds", 2, 10, 5, key="la_folds")
+    folds = c2.number_input("Folds", 2, 10, DEFAULT_FOLDS, key="la_folds")
     seed = c3.number_input("Seed", 0, 10_000, 0, key="la_seed")
-    arch, epochs, upload = "cnn", 0, None
+    arch, epochs, seeds, upload = "cnn", 0, DEFAULT_SEEDS, None
     if source == "kfold":
-        a, b = st.columns(2)
+        a, b, c = st.columns(3)
         arch = a.selectbox("Model per fold", ["cnn", "resnet"], key="la_arch")
-        epochs = b.number_input("Epochs per fold (0 = default)", 0, 50, 0, key="la_epochs")
+        epochs = b.number_input("Epochs per model (0 = default)", 0, 50, 0, key="la_epochs")
+        seeds = c.number_input("Models per fold", 1, 10, DEFAULT_SEEDS, key="la_seeds",
+                               help="Models with different seeds trained per fold; their probabilities are averaged.")
     elif source == "embeddings" and loaded is None:
         st.warning("The embeddings path needs a trained model: train or upload one on the **Data & model** page.")
     elif source == "upload":
@@ -94,12 +99,13 @@ def _run_controls(ds):
                                   key="la_upload")
     d1, d2, d3 = st.columns(3)
     filter_by = d1.selectbox("filter_by", FILTER_BY, key="la_filter",
-                             help="cleanlab's pruning rule; 'paper' = CL count of errors, then the lowest "
-                                  "normalized margins (Northcutt et al. 2021).")
+                             help="cleanlab's pruning rule; 'paper' = the Confident Learning paper's count of "
+                                  "errors (1 − trace C/ΣC)·N, then the lowest margins (Northcutt et al. 2021).")
     rank_by = d2.selectbox("Rank by", RANK_BY, key="la_rank")
     outliers = d3.checkbox("Outliers & near-duplicates (needs the current model)", value=False, key="la_outliers",
                            disabled=loaded is None)
-    return dict(source=source, folds=int(folds), seed=int(seed), arch=arch, epochs=int(epochs), upload=upload,
+    return dict(source=source, folds=int(folds), seed=int(seed), arch=arch, epochs=int(epochs), seeds=int(seeds),
+                upload=upload,
                 filter_by=filter_by, rank_by=rank_by, outliers=bool(outliers and loaded is not None)), loaded
 
 
@@ -124,7 +130,7 @@ def _run(ds, cfg, loaded, key) -> None:
                 ds, pred_probs=pred_probs,
                 model=loaded.model if cfg["source"] == "embeddings" else cfg["arch"],
                 method="embeddings" if cfg["source"] == "embeddings" else "kfold", folds=cfg["folds"],
-                epochs=cfg["epochs"] or None, filter_by=cfg["filter_by"], rank_by=cfg["rank_by"],
+                epochs=cfg["epochs"] or None, seeds=cfg["seeds"], filter_by=cfg["filter_by"], rank_by=cfg["rank_by"],
                 embeddings=loaded.model if cfg["outliers"] else False, n_jobs=1, seed=cfg["seed"],
                 progress=progress_callback(bar))
         except BadInput as exc:
@@ -236,7 +242,7 @@ def render() -> None:
     cfg, loaded = _run_controls(ds)
     upload_digest = hashlib.sha256(cfg["upload"].getvalue()).hexdigest()[:12] if cfg["upload"] is not None else None
     key = ("label_audit", st.session_state.get("dataset_spec"), ds.name, len(ds), cfg["source"], cfg["folds"],
-           cfg["seed"], cfg["arch"], cfg["epochs"], upload_digest, cfg["filter_by"], cfg["rank_by"], cfg["outliers"],
+           cfg["seed"], cfg["arch"], cfg["epochs"], cfg["seeds"], upload_digest, cfg["filter_by"], cfg["rank_by"], cfg["outliers"],
            id(loaded.model) if loaded is not None and cfg["source"] == "embeddings" else None)
     if st.button("Run audit", type="primary", key="la_run"):
         _run(ds, cfg, loaded, key)
