@@ -147,6 +147,8 @@ def availability(args, ds, certifier: str) -> None:
                          f"{craft['alignment_first']:.2f} → {craft['alignment_last']:.2f}" if craft else "—",
                          f"{res.params['poisoned victim training (s)']:.0f}",
                          f"{craft['seconds']:.0f}" if craft else "0"])
+            for r in rows[-2 if design == args.designs[0] else -1:]:  # as they come: a cut run keeps its rows
+                print("  row | " + " | ".join(str(c) for c in r) + " |", flush=True)
             raw.append({"seed": seed, "design": design, "rows": res.rows, "poison": res.poison,
                         "acc_clean": res.clean_model_test_accuracy, "acc_poisoned": res.poisoned_model_test_accuracy,
                         "seconds": total})
@@ -161,6 +163,7 @@ def availability(args, ds, certifier: str) -> None:
                 base = make(train, trig, args.rate, seed=seed, design=args.base,
                             **({"sigma": args.sigma} if certifier == "smoothing" else {"eps": args.eps}))
                 gap.append([seed, *surrogate_gap(res, base, args, x)])
+                print(f"  [{certifier} seed {seed} surrogate vs victim] " + " | ".join(gap[-1][1:]), flush=True)
     table(f"{certifier}: {100 * args.rate:g}% poison, {args.patch}×{args.patch} mid-grey patch, MNIST-10k 80/20 split "
           f"per seed, {args.n_test} test points" + (f", σ = {args.sigma}, n = {args.n}, α = 0.001" if certifier ==
                                                     "smoothing" else f", ε = {args.eps}"),

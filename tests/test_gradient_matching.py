@@ -65,7 +65,7 @@ def test_alignment_rises_and_a_training_step_on_the_poison_descends_the_adversar
         with torch.no_grad():
             for p, g in zip(m.parameters(), grads):
                 p -= 0.5 * g
-        return float(al(m, gen))
+        return float(al(m, gen).detach())
 
     assert after_step(res.images) < before - 0.01
     assert after_step(base) > after_step(res.images) + 0.01
@@ -170,3 +170,33 @@ def test_cli_and_app_reach_the_gradient_matching_design(tmp_path, digits):
     at.button(key="av_button").click().run()
     assert not at.exception
     assert any("Gradient-matching poison (from noise-directions)" in c.value for c in at.caption)
+
+
+# ---------------------------------------------------------------- BLTO: long-lived surrogates, matched poison
+def test_blto_gradient_matching_poison_is_clean_label_within_its_budget(digits):
+    from attacks.bilevel import (
+        gradient_matching_poison,
+        make_learned_trigger,
+        optimize_bilevel_trigger,
+        poison_unlabelled,
+    )
+    from workbench.data import train_test_split
+
+    tr, _ = train_test_split(digits, 0.2, 0)
+    trig = make_learned_trigger(1, 0.1, seed=0)
+    mp = gradient_matching_poison(tr, trig, 0, 0.03, epsilon=0.1, simclr_epochs=1, steps=6, negatives=32,
+                                  n_sources=32, seed=0)
+    idx = mp.poisoned.poisoned_indices
+    assert torch.equal(idx, poison_unlabelled(tr, trig, 0.03, 0, seed=0).poisoned_indices)  # the same budget
+    assert len(idx) == round(0.03 * len(tr)) and bool((tr.labels[idx] == 0).all())
+    assert torch.equal(mp.poisoned.dataset.labels, tr.labels)  # clean label
+    moved = (mp.poisoned.dataset.images - tr.images).flatten(1).abs().amax(1)
+    assert set(torch.nonzero(moved > 0).flatten().tolist()) == set(idx.tolist())
+    assert float(moved.max()) <= 0.1 + 1e-6 and float(mp.poisoned.dataset.images.min()) >= 0.0
+    assert len(mp.alignment) == 6 and mp.alignment[-1] > mp.alignment[0], mp.alignment
+    # a surrogate lives through one victim run: 1 epoch of 1437 // 128 = 11 steps, 2 inner steps a round
+    bt = optimize_bilevel_trigger(tr, 0, 0.03, epsilon=0.1, rounds=2, inner_steps=2, outer_steps=1,
+                                  surrogate_epochs=1, batch_size=128, seed=0)
+    assert bt.provenance["reinit_every"] == 6 and bt.provenance["surrogate_epochs"] == 1
+    with pytest.raises(BadInput, match="surrogate_epochs"):
+        optimize_bilevel_trigger(tr, 0, 0.03, surrogate_epochs=-1)
