@@ -49,6 +49,7 @@ count).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -58,7 +59,7 @@ from workbench.errors import check_in_range, require
 
 from .triggers import PatchTrigger, Trigger
 
-DESIGNS = ("noise-directions", "random-labels")
+DESIGNS = ("noise-directions", "random-labels", "gradient-matching")
 
 
 def default_trigger(size: int = 6) -> PatchTrigger:
@@ -81,6 +82,10 @@ class AvailabilityPoison:
     offset: float  # σ-multiple (smoothing, L2 norm of each offset) or L∞ size of each offset (ibp)
     group_size: int
     seed: int
+    #: how an optimised poison was crafted (gradient matching: seconds, alignment, options); empty otherwise
+    crafting: dict = field(default_factory=dict)
+    #: the surrogate models an optimised poison was crafted on (kept out of reports), for diagnostics
+    surrogates: list = field(default_factory=list, repr=False)
 
     @property
     def is_poisoned(self) -> torch.Tensor:
@@ -92,7 +97,7 @@ class AvailabilityPoison:
         return {"certifier": self.certifier, "design": self.design, "rate": self.rate,
                 "n_poisoned": int(len(self.poisoned_indices)), "poison_labels": self.poison_labels,
                 "offset": self.offset, "group_size": self.group_size, "seed": self.seed,
-                "trigger": self.trigger.describe()}
+                "trigger": self.trigger.describe(), **({"crafting": self.crafting} if self.crafting else {})}
 
 
 def _region_mask(trigger: Trigger, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -296,6 +301,158 @@ def train_victim(train: ImageDataset, test: ImageDataset, certifier: str, *, sig
     return VictimModel(model, evaluate(model, test, device=device).accuracy, hist.seconds, False)
 
 
+# ---------------------------------------------------------------- optimised poisons (gradient matching)
+@dataclass
+class MatchingOptions:
+    """How :func:`optimise_poison` crafts a gradient-matching poison (``design="gradient-matching"``).
+
+    ``base``: the hand-designed poison it starts from (triggered, relabelled images); ``poison_eps`` and
+    ``region`` (``"image"`` or ``"trigger"``, the patch box) bound the optimised perturbation Δ (L∞, on top
+    of the base poison). Smoothing objective: ``objective`` ``"top"`` (mean over triggered sources of the
+    top class's share of the Gaussian-averaged soft vote, the quantity that must fall below 1/2) or
+    ``"entropy"`` (minus the entropy of that vote), with ``draws`` noise draws per source and softmax
+    temperature ``temperature`` (lower: closer to the certifier's hard votes). IBP objective: the softplus
+    of the worst certified margin on triggered sources plus ``clean_weight`` × the robust cross-entropy on
+    clean sources (which pulls clean inputs away from the fallback)."""
+
+    base: str = "noise-directions"
+    poison_eps: float = 0.1
+    region: str = "image"
+    surrogates: int = 2
+    steps: int = 100
+    restarts: int = 1
+    retrain_every: int = 0
+    n_sources: int = 256
+    draws: int = 8
+    temperature: float = 1.0
+    objective: str = "top"
+    clean_weight: float = 1.0
+    batch_size: int = 128
+
+    def describe(self) -> dict:
+        return dict(self.__dict__)
+
+
+def smoothing_vote_loss(sources: torch.Tensor, sigma: float, *, draws: int = 8, temperature: float = 1.0,
+                        objective: str = "top"):
+    """The smoothing availability objective on ``sources`` (triggered images): p̄(x) = mean over ``draws``
+    noise draws of softmax(f(x + σξ)/T); ``"top"``: mean_x max_c p̄_c(x); ``"entropy"``: −mean_x H(p̄(x))."""
+    require(objective in ("top", "entropy"), f"objective must be 'top' or 'entropy', got {objective!r}")
+    require(draws >= 1 and temperature > 0, f"need draws >= 1 and temperature > 0, got {draws}, {temperature}")
+
+    def loss(model, gen):
+        x = sources.repeat_interleave(draws, 0)
+        noisy = x + sigma * torch.randn(x.shape, generator=gen).to(x.device)
+        p = torch.softmax(model(noisy) / temperature, 1).view(len(sources), draws, -1).mean(1)
+        if objective == "top":
+            return p.max(1).values.mean()
+        return (p * p.clamp_min(1e-12).log()).sum(1).mean()
+
+    return loss
+
+
+def ibp_availability_loss(triggered: torch.Tensor, clean: torch.Tensor, clean_labels: torch.Tensor, eps: float,
+                          clean_weight: float = 1.0):
+    """The IBP availability objective: softplus(worst margin lower bound) on triggered sources (negative:
+    no certificate, the fallback) + ``clean_weight`` × robust cross-entropy at ε on clean sources."""
+    import torch.nn.functional as F
+
+    from workbench.certify.intervals import ibp_loss, margin_lower_bounds
+
+    def loss(model, gen):
+        lb, _ = margin_lower_bounds(model, triggered, eps)
+        out = F.softplus(lb.min(1).values).mean()
+        if clean_weight:
+            out = out + clean_weight * ibp_loss(model, clean, clean_labels, eps, kappa=0.0)
+        return out
+
+    return loss
+
+
+def _victim_train_loss(certifier: str, sigma: float, eps: float):
+    """The victim's training loss on a batch, differentiable in the images (noise drawn from ``gen``)."""
+    import torch.nn.functional as F
+
+    from workbench.certify.intervals import ibp_loss
+    from workbench.training import gaussian_noise
+
+    if certifier == "smoothing":
+        noise = gaussian_noise(sigma)
+
+        def loss(model, x, y, gen):
+            return F.cross_entropy(model(noise(x, y, gen)[0]), y)
+    else:
+        def loss(model, x, y, gen):
+            return ibp_loss(model, x, y, 1.1 * eps, kappa=0.5)
+    return loss
+
+
+def optimise_poison(poison: AvailabilityPoison, certifier: str, options: MatchingOptions | None = None, *,
+                    sigma: float = 0.25, eps: float = 0.1, arch: str | None = None, width: int | None = None,
+                    epochs: int | None = None, seed: int = 0, device="cpu", progress=None) -> AvailabilityPoison:
+    """Gradient-matching (:mod:`attacks.gradient_matching`) refinement of a hand-designed poison.
+
+    Surrogates are trained the way the victim is (:func:`train_victim`: Gaussian noise at σ or IBP at
+    1.1·ε) on the data carrying the base poison, with seeds the victim never uses; the adversarial
+    objective is evaluated on triggered copies of clean training images (the attacker's own data, not the
+    test split); Δ is crafted for the poisoned indices only, labels unchanged."""
+    from .gradient_matching import gradient_matching
+
+    o = options or MatchingOptions()
+    require(o.region in ("image", "trigger"), f"region must be 'image' or 'trigger', got {o.region!r}")
+    require(o.surrogates >= 1 and o.n_sources >= 1, "need at least one surrogate and one source image")
+    prog = progress or (lambda f, m="": None)
+    t0 = time.perf_counter()
+    ds, idx = poison.dataset, poison.poisoned_indices
+    gen = torch.Generator().manual_seed(seed + 104729)
+    clean_pool = torch.nonzero(~poison.is_poisoned).flatten()
+    src = clean_pool[torch.randperm(len(clean_pool), generator=gen)[:o.n_sources]]
+    x_src, y_src = ds.images[src], ds.labels[src]
+    held = clean_pool[torch.randperm(len(clean_pool), generator=gen)[:min(500, len(clean_pool))]]
+    probe = ds.subset(held)
+    n_rounds = 1 + (max(0, (o.steps - 2) // o.retrain_every) if o.retrain_every else 0)
+
+    def surrogates(images: torch.Tensor, rnd: int):
+        data = ImageDataset(ds.images.clone(), ds.labels, list(ds.class_names), ds.name, indices=ds.indices)
+        data.images[idx] = images
+        out = []
+        for k in range(o.surrogates):
+            f0 = (rnd * o.surrogates + k) / (n_rounds * o.surrogates)
+            vm = train_victim(data, probe, certifier, sigma=sigma, eps=eps, arch=arch, width=width, epochs=epochs,
+                              seed=seed * 7919 + 1000 * (rnd + 1) + k, device=device,
+                              progress=lambda f, m="", f0=f0, k=k: prog(0.5 * (f0 + f / (n_rounds * o.surrogates)),
+                                                                        f"surrogate {k + 1}: {m}"))
+            out.append(vm.model)
+        return out
+
+    models = surrogates(ds.images[idx], 0)
+    final = [models]
+    if certifier == "smoothing":
+        adv = smoothing_vote_loss(poison.trigger(x_src), sigma, draws=o.draws, temperature=o.temperature,
+                                  objective=o.objective)
+    else:
+        adv = ibp_availability_loss(poison.trigger(x_src), x_src, y_src, eps, o.clean_weight)
+    mask = _region_mask(poison.trigger, ds.input_shape).float() if o.region == "trigger" else None
+
+    def retrain(images: torch.Tensor, rnd: int):
+        final.append(surrogates(images, rnd))
+        return final[-1]
+
+    res = gradient_matching(ds.images[idx], ds.labels[idx], models, _victim_train_loss(certifier, sigma, eps), adv,
+                            eps=o.poison_eps, mask=mask, steps=o.steps, restarts=o.restarts, batch_size=o.batch_size,
+                            retrain=retrain if o.retrain_every else None, retrain_every=o.retrain_every, seed=seed,
+                            device=device, progress=lambda f, m="": prog(0.5 + 0.5 * f, m))
+    images = ds.images.clone()
+    images[idx] = res.images
+    out = ImageDataset(images, ds.labels.clone(), list(ds.class_names), f"{ds.name}+gm", indices=ds.indices)
+    crafting = {**o.describe(), "base": poison.design, "seconds": round(time.perf_counter() - t0, 1),
+                "matching_seconds": round(res.seconds, 1), "alignment_first": round(res.alignment[0], 4),
+                "alignment_last": round(res.alignment[-1], 4)}
+    return AvailabilityPoison(out, idx, poison.original_labels, poison.trigger, poison.rate, certifier,
+                              "gradient-matching", poison.poison_labels, poison.offset, poison.group_size, poison.seed,
+                              crafting, final[-1])
+
+
 @dataclass
 class AvailabilityResult:
     """Fallback rates of one certifier on a clean and a poisoned model, on clean and triggered inputs."""
@@ -402,9 +559,11 @@ def run_availability(ds: ImageDataset, certifier: str, rate: float, *, trigger: 
                      sigma: float = 0.25, eps: float = 0.1, n0: int = 100, n: int = 1000, alpha: float = 0.001,
                      n_test: int = 200, epochs: int | None = None, arch: str | None = None, width: int | None = None, test_fraction: float = 0.2,
                      design: str = "noise-directions", num_labels: int | None = None, offset: float | None = None,
-                     device="cpu", clean_victim: VictimModel | None = None, progress=None) -> AvailabilityResult:
+                     matching: MatchingOptions | None = None, device="cpu", clean_victim: VictimModel | None = None,
+                     progress=None) -> AvailabilityResult:
     """The whole experiment: split, poison, train clean and poisoned victims, certify clean and triggered
-    test inputs with both. ``clean_victim`` reuses an already trained unpoisoned model (same split/seed)."""
+    test inputs with both. ``clean_victim`` reuses an already trained unpoisoned model (same split/seed).
+    ``design="gradient-matching"`` optimises the ``matching.base`` design with :func:`optimise_poison`."""
     import time
 
     from workbench.data import train_test_split
@@ -414,7 +573,14 @@ def run_availability(ds: ImageDataset, certifier: str, rate: float, *, trigger: 
     t0 = time.perf_counter()
     prog = progress or (lambda f, m="": None)
     trigger = trigger or default_trigger()
+    require(design in DESIGNS, f"unknown design {design!r}; use one of {DESIGNS}")
     train, test = train_test_split(ds, test_fraction, seed)
+    optimised = design == "gradient-matching"
+    if optimised:
+        matching = matching or MatchingOptions()
+        design = matching.base
+        require(design in DESIGNS and design != "gradient-matching",
+                f"the base of a gradient-matching poison must be a hand design, got {design!r}")
     if certifier == "smoothing":
         poison = poison_for_smoothing(train, trigger, rate, sigma=sigma, seed=seed, design=design,
                                       num_labels=num_labels or 4, offset=4.0 if offset is None else offset)
@@ -422,6 +588,12 @@ def run_availability(ds: ImageDataset, certifier: str, rate: float, *, trigger: 
         poison = poison_for_ibp(train, trigger, rate, eps=eps, seed=seed, design=design,
                                 num_labels=num_labels or 2, spread=2.0 if offset is None else offset)
     kw = {"sigma": sigma, "eps": eps, "arch": arch, "width": width, "epochs": epochs, "seed": seed, "device": device}
+    if optimised:  # crafting takes the first 30 % of the progress bar; training and certifying the rest
+        outer = prog
+        poison = optimise_poison(poison, certifier, matching, progress=lambda f, m="": outer(0.3 * f, m), **kw)
+
+        def prog(f, m=""):
+            outer(0.3 + 0.7 * f, m)
     if clean_victim is None:
         clean_victim = train_victim(train, test, certifier, progress=lambda f, m="": prog(0.3 * f, f"clean model: {m}"),
                                     **kw)
@@ -466,7 +638,9 @@ def run_availability(ds: ImageDataset, certifier: str, rate: float, *, trigger: 
         caps = [f"{names[int(y[i])]}: " + ("abstain" if ex.predictions[i] < 0 else f"{names[int(ex.predictions[i])]}")
                 + f" margin≥{float(votes[i, 0]):.2f}" for i in range(m)]
     params = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha} if certifier == "smoothing" else {"eps": eps}
-    params.update({"n_test": len(pick), "arch": arch or ("cnn" if certifier == "smoothing" else "ibp-small"), "width": width or "default", "epochs": epochs or "default"})
+    params.update({"n_test": len(pick), "arch": arch or ("cnn" if certifier == "smoothing" else "ibp-small"), "width": width or "default", "epochs": epochs or "default",
+                   "clean victim training (s)": round(clean_victim.train_seconds, 1),
+                   "poisoned victim training (s)": round(victim.train_seconds, 1)})
     prog(1.0, "done")
     return AvailabilityResult(certifier, float(rate), seed, params, poison.describe(), rows,
                               clean_victim.clean_accuracy, victim.clean_accuracy, curves, xt[:m], votes, caps,

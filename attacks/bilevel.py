@@ -46,6 +46,7 @@ from workbench.contrastive import (
     build_encoder,
     knn_accuracy,
     linear_probe,
+    nt_xent,
     train_simclr,
 )
 from workbench.data import ImageDataset, load_dataset, train_test_split
@@ -127,12 +128,17 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
                              rounds: int = 60, inner_steps: int = 10, outer_steps: int = 5, reinit_every: int = 20,
                              batch_size: int = 256, lr: float = 1e-3, surrogate_lr: float = 2e-3,
                              temperature: float = 0.2, arch: str = "conv", augment: Augment | None = None,
-                             outer_loss: str = "contrastive", seed: int = 0, device: str | torch.device | None = "cpu",
+                             outer_loss: str = "contrastive", surrogate_epochs: int = 0, seed: int = 0,
+                             device: str | torch.device | None = "cpu",
                              progress: Progress | None = None) -> BilevelTrigger:
     """BLTO's alternating bi-level optimisation (paper Algorithm 1) of a trigger generator.
 
     ``train`` is the attacker's view of the training set: its labels are used only to pick the
-    target-class images (the poison candidates and the references ``x_r``).
+    target-class images (the poison candidates and the references ``x_r``). ``surrogate_epochs`` > 0
+    makes every surrogate live through one whole victim training run: ``surrogate_epochs`` epochs of
+    the poisoned set in batches of ``batch_size``, with the victim's cosine learning-rate decay, before
+    it is re-initialised (``reinit_every`` is then derived from it), so that the trigger is optimised
+    against encoders from fresh to fully trained on the poisoned data.
     """
     k = train.num_classes
     require(isinstance(target, int) and 0 <= target < k, f"target class must be in 0..{k - 1}, got {target}")
@@ -159,7 +165,11 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
     augment = augment or Augment()
     bs = min(batch_size, len(train))
     ref_bs = min(bs, len(target_idx))
-    surrogate = None
+    require(surrogate_epochs >= 0, f"surrogate_epochs must be >= 0, got {surrogate_epochs}")
+    lifetime = surrogate_epochs * max(1, len(train) // bs)  # inner steps of one victim training run
+    if lifetime:
+        reinit_every = -(-lifetime // inner_steps)
+    surrogate = sched = None
     sims, inner_losses = [], []
     t0 = time.perf_counter()
     for r in range(rounds):
@@ -167,6 +177,8 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
             enc = build_encoder(arch, train.channels, train.image_size, seed=seed * 1000 + r + 1)
             surrogate = SimCLRTrainer(enc, train.input_shape, lr=surrogate_lr, temperature=temperature,
                                       augment=augment, device=dev, seed=seed * 1000 + r + 1)
+            sched = (torch.optim.lr_scheduler.CosineAnnealingLR(surrogate.opt, T_max=lifetime) if lifetime
+                     else None)
         # inner level: contrastive learning on the data poisoned with the current trigger
         tot = 0.0
         for _ in range(inner_steps):
@@ -177,6 +189,8 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
                 with torch.no_grad():
                     x[pm] = trigger(x[pm])
             tot += surrogate.step(x, gen)
+            if sched is not None and sched.last_epoch < lifetime:
+                sched.step()
         inner_losses.append(tot / inner_steps)
         # outer level: triggered embeddings next to the target class's, under augmentation
         surrogate.encoder.eval()
@@ -212,7 +226,7 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
     prov = {"target": target, "rate": rate, "epsilon": epsilon, "rounds": rounds, "inner_steps": inner_steps,
             "outer_steps": outer_steps, "reinit_every": reinit_every, "batch_size": bs, "lr": lr,
             "surrogate_lr": surrogate_lr, "temperature": temperature, "arch": arch, "outer_loss": outer_loss,
-            "seed": seed}
+            "surrogate_epochs": surrogate_epochs, "seed": seed}
     return BilevelTrigger(trigger, target, float(epsilon), sims, inner_losses, time.perf_counter() - t0, prov)
 
 
@@ -232,14 +246,17 @@ class ContrastiveBackdoorEval:
 def evaluate_contrastive_backdoor(train: ImageDataset, test: ImageDataset, trigger: Trigger | None, target: int,
                                   rate: float, *, simclr_epochs: int = 10, arch: str = "conv", seed: int = 0,
                                   device: str | torch.device | None = "cpu", knn: bool = False,
-                                  eval_trigger: Trigger | None = None,
+                                  eval_trigger: Trigger | None = None, poisoned: PoisonedDataset | None = None,
                                   progress: Progress | None = None) -> ContrastiveBackdoorEval:
     """Poison ``train`` (clean-label, ``rate``) with ``trigger`` (None: no poisoning, a clean victim),
     train a SimCLR victim from scratch on its images, fit a linear probe on the clean labelled
-    ``train``, and measure CA/ASR on ``test`` with ``eval_trigger`` (default: ``trigger``)."""
+    ``train``, and measure CA/ASR on ``test`` with ``eval_trigger`` (default: ``trigger``).
+    ``poisoned``: an already poisoned training set (e.g. :func:`gradient_matching_poison`) to train on."""
     eval_trigger = eval_trigger or trigger
     require(eval_trigger is not None, "give a trigger to poison with or one to evaluate with")
-    if trigger is not None:
+    if poisoned is not None:
+        require(len(poisoned.dataset) == len(train), "the poisoned set must be the training set, poisoned")
+    elif trigger is not None:
         poisoned = poison_unlabelled(train, trigger, rate, target, seed=seed)
     else:
         poisoned = PoisonedDataset(train, torch.zeros(0, dtype=torch.long), train.labels.clone(), eval_trigger,
@@ -255,6 +272,110 @@ def evaluate_contrastive_backdoor(train: ImageDataset, test: ImageDataset, trigg
         eval_trigger.generator.cpu()
     knn_acc = knn_accuracy(victim.encoder, train, test) if knn else None
     return ContrastiveBackdoorEval(metrics, knn_acc, poisoned, victim.seconds, simclr_epochs, victim.encoder, clf)
+
+
+class _ProjectedEncoder(nn.Module):
+    """A SimCLR surrogate as one module (encoder, then projection head) for gradient matching; only the
+    encoder's parameters are matched (the head is frozen: the victim discards it, the probe reads f)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.head.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+@dataclass
+class MatchedPoison:
+    """A gradient-matching clean-label poison for a contrastive victim and how it was crafted."""
+
+    poisoned: PoisonedDataset
+    alignment: list[float]  # gradient cosine per crafting step (encoder parameters)
+    seconds: float  # surrogates + matching
+    surrogate_seconds: float
+    provenance: dict = field(default_factory=dict)
+
+
+def gradient_matching_poison(train: ImageDataset, trigger: Trigger, target: int = 0, rate: float = 0.01, *,
+                             epsilon: float = 0.1, simclr_epochs: int = 5, surrogates: int = 1, steps: int = 100,
+                             restarts: int = 1, negatives: int = 128, n_sources: int = 256, retrain_every: int = 0,
+                             temperature: float = 0.2, arch: str = "conv", seed: int = 0,
+                             device: str | torch.device | None = "cpu",
+                             progress: Progress | None = None) -> MatchedPoison:
+    """BLTO's goal, "triggered images embed next to the target class", reached by gradient matching
+    (:mod:`attacks.gradient_matching`) instead of a trigger generator.
+
+    The poisoned images are the ones :func:`poison_unlabelled` picks (``rate`` of the set, target class,
+    labels unchanged); each gets Δ with ``‖Δ‖∞ ≤ ε`` around the *clean* image (the budget of BLTO's
+    poisons), starting from ``trigger``'s perturbation. ``trigger`` is the test-time trigger (e.g. BLTO's).
+    Surrogates: SimCLR encoders trained the way the victim is (``simclr_epochs``) on the set poisoned with
+    ``trigger``. Poison loss: the NT-Xent terms anchored at the poisons' two views, with ``negatives`` clean
+    images in the batch; adversarial loss: −mean cos(f(aug(T(x_s))), f(aug(x_r))) over non-target sources
+    x_s and unpoisoned target references x_r of the training set."""
+    from .gradient_matching import gradient_matching
+
+    require(isinstance(target, int) and 0 <= target < train.num_classes, f"target class must be in 0..{train.num_classes - 1}, got {target}")
+    require(negatives >= 1 and n_sources >= 1 and surrogates >= 1, "negatives, n_sources and surrogates must be >= 1")
+    t0 = time.perf_counter()
+    start = poison_unlabelled(train, trigger, rate, target, seed=seed)
+    idx = start.poisoned_indices
+    base = train.images[idx]
+    gen = torch.Generator().manual_seed(seed + 271)
+    others = torch.nonzero(~start.is_poisoned).flatten()
+    src_pool = others[train.labels[others] != target]
+    ref_pool = others[train.labels[others] == target]
+    sources = stamp(trigger, train.images[src_pool[torch.randperm(len(src_pool), generator=gen)[:n_sources]]])
+    refs = train.images[ref_pool[torch.randperm(len(ref_pool), generator=gen)[:n_sources]]]
+    augment = Augment()
+    n_rounds = 1 + (max(0, (steps - 2) // retrain_every) if retrain_every else 0)
+    sur_seconds = [0.0]
+
+    def prog(f, m=""):
+        if progress is not None:
+            progress(f, m)
+
+    def make_surrogates(images: torch.Tensor, rnd: int):
+        x = train.images.clone()
+        x[idx] = images
+        out = []
+        for k in range(surrogates):
+            f0 = (rnd * surrogates + k) / (n_rounds * surrogates)
+            res = train_simclr(x, epochs=simclr_epochs, arch=arch, temperature=temperature,
+                               seed=seed * 7919 + 1000 * (rnd + 1) + k, device=device,
+                               progress=lambda f, m="", f0=f0: prog(0.5 * (f0 + f / (n_rounds * surrogates)), m))
+            sur_seconds[0] += res.seconds
+            out.append(_ProjectedEncoder(res.encoder, res.head))
+        return out
+
+    def train_loss(model, x, y, g):
+        neg = train.images[others[torch.randint(len(others), (negatives,), generator=g)]].to(x.device)
+        batch = torch.cat([x, neg])
+        z = model(torch.cat([augment(batch, g), augment(batch, g)]))
+        anchors = torch.arange(len(batch)) < len(x)
+        return nt_xent(z[:len(batch)], z[len(batch):], temperature, anchors=anchors)
+
+    def adversarial_loss(model, g):
+        dev_ = next(model.parameters()).device
+        e_t = F.normalize(model.encoder(augment(sources.to(dev_), g)), dim=1)
+        e_r = F.normalize(model.encoder(augment(refs.to(dev_), g)), dim=1)
+        return -(e_t @ e_r.T).mean()
+
+    models = make_surrogates(start.dataset.images[idx], 0)
+    res = gradient_matching(base, torch.full((len(idx),), target), models, train_loss, adversarial_loss,
+                            eps=epsilon, steps=steps, restarts=restarts, init=start.dataset.images[idx] - base,
+                            retrain=make_surrogates if retrain_every else None, retrain_every=retrain_every,
+                            seed=seed, device=device, progress=lambda f, m="": prog(0.5 + 0.5 * f, m))
+    images = train.images.clone()
+    images[idx] = res.images
+    ds = ImageDataset(images, train.labels.clone(), list(train.class_names), f"{train.name}+gm-poison",
+                      indices=train.indices)
+    poisoned = PoisonedDataset(ds, idx, train.labels.clone(), trigger, target, float(rate), "clean")
+    prov = {"epsilon": epsilon, "simclr_epochs": simclr_epochs, "surrogates": surrogates, "steps": steps,
+            "restarts": restarts, "negatives": negatives, "n_sources": n_sources, "retrain_every": retrain_every,
+            "temperature": temperature, "arch": arch, "seed": seed, "matching": res.provenance}
+    return MatchedPoison(poisoned, res.alignment, time.perf_counter() - t0, sur_seconds[0], prov)
 
 
 @dataclass

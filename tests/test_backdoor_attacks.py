@@ -178,6 +178,8 @@ def test_nt_xent_matches_a_hand_computed_case():
     b1 = a1  # a1 = 1, a2 = 0, b2 = -1
     b2 = -math.log(e ** 0 / (e ** 0 + e ** -1 + e ** -1))  # a2 = 0, a1 = -1, b1 = -1
     assert math.isclose(float(nt_xent(z1, z2, temperature=1.0)), (a1 + a2 + b1 + b2) / 4, rel_tol=1e-6)
+    # only the second pair's anchors (a2, b2); the first pair's views stay negatives
+    assert math.isclose(float(nt_xent(z1, z2, 1.0, anchors=torch.tensor([False, True]))), (a2 + b2) / 2, rel_tol=1e-6)
     # temperature 0.5 doubles every similarity
     a1h = -math.log(e ** 2 / (e ** 2 + 1 + e ** -2))
     b2h = -math.log(1 / (1 + 2 * e ** -2))

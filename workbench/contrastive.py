@@ -143,8 +143,12 @@ def projection_head(dim: int, hidden: int = 128, out: int = 64) -> nn.Module:
 # ---------------------------------------------------------------- loss
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
-    """NT-Xent (normalised temperature-scaled cross entropy, SimCLR Eq. 1) of paired views z1[i] ↔ z2[i]."""
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
+            anchors: torch.Tensor | None = None) -> torch.Tensor:
+    """NT-Xent (normalised temperature-scaled cross entropy, SimCLR Eq. 1) of paired views z1[i] ↔ z2[i].
+
+    ``anchors`` (bool, N): average only the terms whose anchor is a view of those pairs (every other view
+    still serves as a negative): one sample's share of a batch's loss, e.g. for gradient-matching poisons."""
     require(z1.shape == z2.shape and z1.ndim == 2, f"views must be N×D of one shape, got {tuple(z1.shape)} "
             f"and {tuple(z2.shape)}")
     require(temperature > 0, f"temperature must be > 0, got {temperature}")
@@ -153,7 +157,11 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
     sim = z @ z.T / temperature
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, positive)
+    if anchors is None:
+        return F.cross_entropy(sim, positive)
+    require(anchors.shape == (n,) and bool(anchors.any()), f"anchors must be a non-empty bool mask of {n} pairs")
+    rows = torch.cat([anchors, anchors]).to(z.device)
+    return F.cross_entropy(sim[rows], positive[rows])
 
 
 # ---------------------------------------------------------------- training

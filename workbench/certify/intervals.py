@@ -304,11 +304,22 @@ class _IBPObjective(nn.Module):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _, kappa = self.schedule()
-        lo, hi, last = self._bounds
-        worst = -margin_bounds_from(lo, hi, last, y)
-        worst = worst.scatter(1, y[:, None], 0.0)
         self.step += 1
-        return kappa * F.cross_entropy(logits, y) + (1 - kappa) * F.cross_entropy(worst, y)
+        return _mixed_loss(logits, *self._bounds, y, kappa)
+
+
+def _mixed_loss(logits, lo, hi, last, y, kappa: float) -> torch.Tensor:
+    """κ·CE(z, y) + (1 − κ)·CE(ẑ, y), ẑ the worst-case logits from the margin bounds (Gowal et al. Eq. 9)."""
+    worst = -margin_bounds_from(lo, hi, last, y)
+    worst = worst.scatter(1, y[:, None], 0.0)
+    return kappa * F.cross_entropy(logits, y) + (1 - kappa) * F.cross_entropy(worst, y)
+
+
+def ibp_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, kappa: float = 0.5) -> torch.Tensor:
+    """The IBP training loss at a fixed ε and κ (the end of :func:`train_ibp`'s schedule), differentiable in
+    the parameters and in ``x`` (e.g. for gradient-matching poisons against an IBP-trained victim)."""
+    logits, lo, hi, last = propagate(model, x, check_eps(eps))
+    return _mixed_loss(logits, lo, hi, last, y, kappa)
 
 
 def train_ibp(model: nn.Module, data, eps: float, *, epochs: int = 6, warmup: float = 0.1, ramp: float = 0.6,

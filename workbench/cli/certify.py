@@ -104,13 +104,15 @@ def availability(data: str = DataOpt,
                  n_test: int = typer.Option(200, "--n-test", help="Test images certified (clean and triggered)."),
                  epochs: int = typer.Option(0, "--epochs", help="Training epochs (0 = default)."),
                  width: int = typer.Option(0, "--width", help="CNN width (0 = the zoo default)."),
-                 design: str = typer.Option("noise-directions", "--design", help="noise-directions or random-labels."),
+                 design: str = typer.Option("noise-directions", "--design",
+                                            help="noise-directions, random-labels or gradient-matching (optimised)."),
+                 craft_steps: int = typer.Option(100, "--craft-steps", help="Gradient-matching steps (optimised design)."),
                  patch: int = typer.Option(6, "--patch", help="Size of the mid-grey corner patch trigger."),
                  out: Path = typer.Option(Path("runs/availability"), "--out", "-o", help="Folder for the report.",
                                           callback=check_out_option),
                  seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Poison, train clean and poisoned victims, certify clean and triggered inputs, write the report."""
-    from attacks.availability import default_trigger, run_availability
+    from attacks.availability import MatchingOptions, default_trigger, run_availability
 
     from ..data import load_dataset
     from ..report import write_report
@@ -128,7 +130,8 @@ def availability(data: str = DataOpt,
     with progress_bar(f"availability attack on {certifier}") as progress:
         res = run_availability(ds, certifier, rate, trigger=default_trigger(patch), seed=seed, sigma=sigma, eps=eps,
                                n0=n0, n=n, alpha=alpha, n_test=n_test, epochs=epochs or None, width=width or None,
-                               design=design, device=device, progress=progress)
+                               design=design, matching=MatchingOptions(steps=craft_steps), device=device,
+                               progress=progress)
     with StagedDir(out) as stage:
         paths = stage.final(write_report(res, stage, title=f"Availability attack on {certifier} "
                                                           f"({100 * rate:g}% poison, {data})"))

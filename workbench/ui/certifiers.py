@@ -107,7 +107,7 @@ def _vote_histograms(votes: torch.Tensor, class_names: list[str], captions: list
 
 
 def _attack_section(ds) -> None:
-    from attacks.availability import default_trigger, run_availability
+    from attacks.availability import DESIGNS, MatchingOptions, default_trigger, run_availability
 
     st.header("Availability attack: poisoning that forces the fallback")
     st.caption("Lorenz, Kwiatkowska, Fritz (AISec 2023): poison a few training images with a trigger so that the "
@@ -118,7 +118,10 @@ def _attack_section(ds) -> None:
     n_test = c3.number_input("Test images", 10, 1000, 100, key="av_ntest")
     epochs = c4.number_input("Epochs", 1, 30, 6 if certifier == "smoothing" else 8, key="av_epochs")
     n = st.select_slider("Smoothing samples n", [100, 200, 500, 1000], 1000, key="av_n") if certifier == "smoothing" else 1000
-    key = ("availability", ds.name, len(ds), certifier, float(rate), int(n_test), int(epochs), int(n))
+    design = st.selectbox("Poison design", DESIGNS, key="av_design",
+                          help="gradient-matching optimises the poison on surrogate models (slower)")
+    steps = st.number_input("Crafting steps", 1, 500, 100, key="av_steps") if design == "gradient-matching" else 100
+    key = ("availability", ds.name, len(ds), certifier, float(rate), int(n_test), int(epochs), int(n), design, int(steps))
     store = model_store()
     if st.button("Run attack", type="primary", key="av_button"):
         bar = st.progress(0.0, text="starting")
@@ -126,7 +129,8 @@ def _attack_section(ds) -> None:
             try:
                 store[key] = run_availability(ds, certifier, rate, trigger=default_trigger(6 if ds.image_size[0] >= 16
                                                                                           else 4),
-                                              n_test=int(n_test), epochs=int(epochs), n=int(n),
+                                              n_test=int(n_test), epochs=int(epochs), n=int(n), design=design,
+                                              matching=MatchingOptions(steps=int(steps)),
                                               progress=progress_callback(bar))
             except BadInput as exc:
                 status.update(label="failed", state="error")
@@ -140,6 +144,10 @@ def _attack_section(ds) -> None:
                            "certified accuracy %": round(100 * r["accuracy"], 1),
                            "base accuracy %": round(100 * r["base_accuracy"], 1)} for r in res.rows])
     st.dataframe(table, hide_index=True)
+    craft = res.poison.get("crafting")
+    if craft:
+        st.caption(f"Gradient-matching poison (from {craft['base']}): gradient alignment {craft['alignment_first']:.2f} → "
+                   f"{craft['alignment_last']:.2f}, crafted in {craft['seconds']:.0f} s")
     chart = table.pivot(index="model", columns="inputs", values="fallback %")
     st.bar_chart(chart, stack=False, y_label="fallback %")
     unit = "L2 radius" if certifier == "smoothing" else "L∞ ε"
