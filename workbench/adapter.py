@@ -26,8 +26,34 @@ from .errors import BadInput, require
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """The logits in a model's output: a tensor, ``.logits`` (``ModelOutput``, dataclasses), a dict's
-    ``"logits"``, or the first element of a tuple or list."""
+    """The logits in a model's output.
+
+    Accepts a tensor, ``.logits`` (``ModelOutput``, dataclasses), a dict's ``"logits"``, or the first
+    element of a tuple or list.
+
+    Parameters
+    ----------
+    output : Any
+        What a model's forward returned.
+
+    Returns
+    -------
+    torch.Tensor
+        The logits, shape N×K (the tensor itself, not a copy).
+
+    Raises
+    ------
+    BadInput
+        If ``output`` holds no logits, or the logits are not two-dimensional.
+
+    Examples
+    --------
+    >>> import torch
+    >>> logits_of({"logits": torch.zeros(2, 3)}).shape
+    torch.Size([2, 3])
+    >>> logits_of((torch.ones(1, 4), "aux")).tolist()
+    [[1.0, 1.0, 1.0, 1.0]]
+    """
     if isinstance(output, torch.Tensor):
         out = output
     elif isinstance(output, Mapping) and "logits" in output:
@@ -46,7 +72,31 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 class Normalize(nn.Module):
-    """``(x − mean) / std`` per channel: an affine, monotone map (interval bounds go through it)."""
+    """``(x − mean) / std`` per channel: an affine, monotone map (interval bounds go through it).
+
+    Parameters
+    ----------
+    mean : Sequence[float]
+        One value per channel (or one value for all channels); finite.
+    std : Sequence[float]
+        One value per channel (or one value), same length as ``mean``; each > 0.
+
+    Returns
+    -------
+    A Normalize module; its forward maps N×C×H×W to N×C×H×W.
+
+    Raises
+    ------
+    BadInput
+        If ``mean`` and ``std`` differ in length, are empty or non-finite, or a ``std`` is ≤ 0; at
+        forward time, if the channel count does not match the images'.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Normalize([0.5], [0.25])(torch.ones(1, 1, 1, 2)).tolist()
+    [[[[2.0, 2.0]]]]
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -69,7 +119,28 @@ class Normalize(nn.Module):
 
 
 class Resize(nn.Module):
-    """Bilinear resize to ``size`` (a linear map with non-negative weights, so also monotone)."""
+    """Bilinear resize to ``size`` (a linear map with non-negative weights, so also monotone).
+
+    Parameters
+    ----------
+    size : tuple of int
+        ``(H, W)`` of the output; both ≥ 1. Inputs already of that size pass unchanged.
+
+    Returns
+    -------
+    A Resize module; its forward maps N×C×h×w to N×C×H×W (``align_corners=False``).
+
+    Raises
+    ------
+    BadInput
+        If a side of ``size`` is < 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Resize((4, 6))(torch.zeros(2, 3, 8, 8)).shape
+    torch.Size([2, 3, 4, 6])
+    """
 
     def __init__(self, size: tuple[int, int]):
         super().__init__()
@@ -90,18 +161,39 @@ class ModelAdapter(nn.Module):
 
     Parameters
     ----------
-    model:
-        An ``nn.Module`` or a callable taking the (resized, normalised) batch.
-    mean, std:
-        Per-channel normalisation the model expects (``None``: none).
-    size:
-        ``(H, W)`` the model takes; other sizes are resized to it (``None``: inputs pass as they are).
-    module:
-        For a callable ``model``: the ``nn.Module`` holding its layers and parameters (optional).
-    input_shape:
+    model : nn.Module or callable
+        An ``nn.Module`` or a callable taking the (resized, normalised) batch and returning logits N×K,
+        a ``ModelOutput``, a dict with ``"logits"`` or a tuple whose first element is the logits.
+    mean, std : Sequence[float], optional
+        Per-channel normalisation the model expects (default ``None``: none); give both or neither.
+    size : tuple of int, optional
+        ``(H, W)`` the model takes; other sizes are resized to it (default ``None``: inputs pass as
+        they are).
+    module : nn.Module, optional
+        For a callable ``model``: the ``nn.Module`` holding its layers and parameters (default ``None``).
+    input_shape : tuple of int, optional
         ``(C, H, W)`` of the images the adapter takes, when known (used to probe layers).
-    hooks_error:
+    hooks_error : str, optional
         Set for models that cannot run layer hooks (TorchScript): the message naming what works.
+
+    Returns
+    -------
+    A ModelAdapter (an ``nn.Module``) whose forward maps pixel images N×C×H×W in [0, 1] to logits N×K.
+
+    Raises
+    ------
+    BadInput
+        If ``model`` is not callable, only one of ``mean``/``std`` is given, or ``module`` is given
+        with an ``nn.Module`` model or is not an ``nn.Module``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    >>> adapted = ModelAdapter(net, mean=[0.5, 0.5, 0.5], std=[0.2, 0.2, 0.2], size=(4, 4))
+    >>> adapted(torch.rand(2, 3, 8, 8)).shape
+    torch.Size([2, 5])
     """
 
     def __init__(self, model: nn.Module | Callable[[torch.Tensor], Any], *, mean: Sequence[float] | None = None,
@@ -180,7 +272,32 @@ def as_model(model, **kwargs) -> ModelAdapter:
     """The :class:`ModelAdapter` of ``model`` (returned as is if it already is one).
 
     ``kwargs`` (``mean``, ``std``, ``size``, ``module``, ``input_shape``) configure a new adapter;
-    they cannot be given together with an adapter.
+    they cannot be given together with an adapter. TorchScript models are adapted with hooks marked
+    unsupported.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The user's classifier (see :class:`ModelAdapter`).
+    **kwargs
+        Keyword arguments of :class:`ModelAdapter` for a new adapter.
+
+    Returns
+    -------
+    ModelAdapter
+        ``model`` itself if it is already an adapter, else a new adapter around it.
+
+    Raises
+    ------
+    BadInput
+        If ``model`` is not callable, or ``kwargs`` are given with an adapter.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> m = as_model(nn.Linear(2, 2))
+    >>> as_model(m) is m
+    True
     """
     if isinstance(model, ModelAdapter):
         require(not kwargs, f"{', '.join(kwargs)} cannot be set on a model that is already adapted")
@@ -198,14 +315,52 @@ TORCHSCRIPT_HOOKS = ("TorchScript models cannot run layer hooks, which this need
 
 
 def unwrap(model) -> nn.Module | Callable:
-    """The user's own model inside an adapter (for saving weights); the model itself otherwise."""
+    """The user's own model inside an adapter (for saving weights); the model itself otherwise.
+
+    Parameters
+    ----------
+    model : ModelAdapter, nn.Module or callable
+        A model, adapted or not.
+
+    Returns
+    -------
+    nn.Module or callable
+        The wrapped module (or callable, for an adapter around a callable); ``model`` if it is not
+        an adapter.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Linear(2, 2)
+    >>> unwrap(as_model(net)) is net
+    True
+    """
     if isinstance(model, ModelAdapter):
         return model.inner if model._fn is None else model._fn
     return model
 
 
 def model_device(model) -> torch.device:
-    """The device of the model's first parameter (CPU for parameterless callables)."""
+    """The device of the model's first parameter (CPU for parameterless callables).
+
+    Falls back to the first buffer's device when there are no parameters.
+
+    Parameters
+    ----------
+    model : ModelAdapter, nn.Module or callable
+        A model, adapted or not.
+
+    Returns
+    -------
+    torch.device
+        Where the model's weights live; ``cpu`` when it has none.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> model_device(nn.Linear(2, 2))
+    device(type='cpu')
+    """
     root = model.inner if isinstance(model, ModelAdapter) else model
     if isinstance(root, nn.Module):
         p = next(root.parameters(), None)
@@ -218,7 +373,34 @@ def model_device(model) -> torch.device:
 
 
 def num_classes_of(model, input_shape: tuple[int, ...]) -> int:
-    """The number of logits ``model`` gives for one input of ``input_shape`` (one probe forward)."""
+    """The number of logits ``model`` gives for one input of ``input_shape`` (one probe forward).
+
+    The probe runs in eval mode without gradients on a zero image; the modules' train/eval flags are
+    restored afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier.
+    input_shape : tuple of int
+        ``(C, H, W)`` of one image.
+
+    Returns
+    -------
+    int
+        K, the number of classes (width of the logits).
+
+    Raises
+    ------
+    BadInput
+        If the model cannot take images of that shape, or returns no N×K logits.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> num_classes_of(nn.Sequential(nn.Flatten(), nn.Linear(12, 7)), (3, 2, 2))
+    7
+    """
     m = as_model(model)
     flags = [(mod, mod.training) for mod in m.modules()]
     try:
