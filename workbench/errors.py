@@ -9,22 +9,106 @@ from __future__ import annotations
 
 
 class WorkbenchError(Exception):
-    """Base class of the workbench's own errors."""
+    """Base class of the workbench's own errors.
+
+    Parameters
+    ----------
+    *args
+        As for ``Exception``: usually one message string.
+
+    Returns
+    -------
+    A WorkbenchError (an ``Exception``).
+    """
 
 
 class BadInput(WorkbenchError, ValueError):
-    """The input (data, model, parameter or file) is unusable; the message says why."""
+    """The input (data, model, parameter or file) is unusable; the message says why.
+
+    Also a ``ValueError``, so callers that catch ``ValueError`` catch it. The CLI maps it to exit
+    code 2 and prints the message on one line.
+
+    Parameters
+    ----------
+    message : str
+        One line saying what is wrong and what is expected.
+
+    Returns
+    -------
+    A BadInput (a :class:`WorkbenchError` and ``ValueError``).
+
+    Examples
+    --------
+    >>> isinstance(BadInput("k must be >= 1"), ValueError)
+    True
+    """
 
 
 def require(condition: bool, message: str) -> None:
-    """Raise :class:`BadInput` with ``message`` unless ``condition`` holds."""
+    """Raise :class:`BadInput` with ``message`` unless ``condition`` holds.
+
+    Parameters
+    ----------
+    condition : bool
+        What must be true of the input.
+    message : str
+        The one-line error message when it is not.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        If ``condition`` is false.
+
+    Examples
+    --------
+    >>> require(1 + 1 == 2, "arithmetic")
+    >>> require(False, "k must be >= 1")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: k must be >= 1
+    """
     if not condition:
         raise BadInput(message)
 
 
 def check_in_range(name: str, value: float, low: float, high: float, *, low_open: bool = False,
                    high_open: bool = False) -> float:
-    """Check ``low <= value <= high`` (or the open variants) and return ``value``."""
+    """Check ``low <= value <= high`` (or the open variants) and return ``value``.
+
+    Parameters
+    ----------
+    name : str
+        The parameter's name, for the message.
+    value : float
+        The value to check.
+    low, high : float
+        The bounds of the allowed interval.
+    low_open, high_open : bool, default False
+        Exclude the lower (upper) bound itself.
+
+    Returns
+    -------
+    float
+        ``value``, unchanged.
+
+    Raises
+    ------
+    BadInput
+        If ``value`` lies outside the interval; the message shows the interval, e.g. ``(0, 1]``.
+
+    Examples
+    --------
+    >>> check_in_range("alpha", 0.05, 0, 1, low_open=True)
+    0.05
+    >>> check_in_range("alpha", 0, 0, 1, low_open=True)
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: alpha must be in (0, 1], got 0
+    """
     ok_low = value > low if low_open else value >= low
     ok_high = value < high if high_open else value <= high
     if not (ok_low and ok_high):
