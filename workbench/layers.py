@@ -37,7 +37,26 @@ MAX_PREFIX_TOKENS = 8
 
 
 def layer_root(model) -> nn.Module | None:
-    """The module whose named submodules are the model's layers (the wrapped model for an adapter)."""
+    """The module whose named submodules are the model's layers (the wrapped model for an adapter).
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+
+    Returns
+    -------
+    nn.Module or None
+        The adapter's ``layer_root``, ``model`` itself for a plain ``nn.Module``, ``None`` for a plain
+        callable without modules.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> layer_root(net) is net
+    True
+    """
     root = getattr(model, "layer_root", None)
     if root is not None or hasattr(model, "layer_root"):
         return root
@@ -54,30 +73,141 @@ def _root_or_error(model) -> nn.Module:
 
 
 def named_layers(model) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` for every named submodule, in registration order (no adapter prefix)."""
+    """``(name, module)`` for every named submodule, in registration order (no adapter prefix).
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+
+    Returns
+    -------
+    list of (str, nn.Module)
+        Every submodule with its dotted name; the root itself is left out.
+
+    Raises
+    ------
+    BadInput
+        If ``model`` is a plain callable without modules.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> named_layers(net)[0]
+    ('0', Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1)))
+    """
     return [(n, m) for n, m in _root_or_error(model).named_modules() if n]
 
 
 def layer_names(model) -> list[str]:
-    """Every layer name of ``model`` (dotted, as ``named_modules`` gives them)."""
+    """Every layer name of ``model`` (dotted, as ``named_modules`` gives them).
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+
+    Returns
+    -------
+    list of str
+        The names in registration order, without the root's empty name.
+
+    Raises
+    ------
+    BadInput
+        If ``model`` is a plain callable without modules.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> layer_names(net)
+    ['0', '1', '2', '3']
+    """
     return [n for n, _ in named_layers(model)]
 
 
 def split_feature_layer(layer: str) -> tuple[str, bool]:
-    """``"fc:input"`` → ``("fc", True)``; ``"relu5"`` → ``("relu5", False)``."""
+    """Split the ``":input"`` suffix (:data:`INPUT_SUFFIX`) off a feature-layer name.
+
+    ``"fc:input"`` → ``("fc", True)``; ``"relu5"`` → ``("relu5", False)``.
+
+    Parameters
+    ----------
+    layer : str
+        A layer name, optionally ending in ``":input"`` (meaning the layer's input, not its output).
+
+    Returns
+    -------
+    tuple of (str, bool)
+        The layer name without the suffix, and whether the suffix was there.
+
+    Examples
+    --------
+    >>> split_feature_layer("fc:input")
+    ('fc', True)
+    >>> split_feature_layer("relu5")
+    ('relu5', False)
+    """
     if layer.endswith(INPUT_SUFFIX):
         return layer[: -len(INPUT_SUFFIX)], True
     return layer, False
 
 
 def require_hooks(model) -> None:
-    """Raise ``BadInput`` when ``model`` cannot run forward hooks (e.g. TorchScript)."""
+    """Raise ``BadInput`` when ``model`` cannot run forward hooks (e.g. TorchScript).
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model; an adapter says so with ``hooks_supported`` (others are assumed to support hooks).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        If the model cannot run layer hooks; the message is the adapter's ``hooks_error``.
+    """
     if getattr(model, "hooks_supported", True) is False:
         raise BadInput(getattr(model, "hooks_error", None) or "this model does not support layer hooks")
 
 
 def get_layer(model, layer: str | nn.Module) -> nn.Module:
-    """The submodule named ``layer`` (e.g. ``"layer2.1.conv1"``); the error lists the valid names."""
+    """The submodule named ``layer`` (e.g. ``"layer2.1.conv1"``); the error lists the valid names.
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+    layer : str or nn.Module
+        A dotted layer name, or a module of the model (returned as it is).
+
+    Returns
+    -------
+    nn.Module
+        The layer.
+
+    Raises
+    ------
+    BadInput
+        If the model cannot run hooks, the name is empty or unknown (the message lists the valid names
+        and close matches), or the module is not part of the model.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> get_layer(net, "0")
+    Conv2d(1, 2, kernel_size=(3, 3), stride=(1, 1))
+    >>> get_layer(net, "conv")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: unknown layer 'conv'; valid layers: 0, 1, 2, 3
+    """
     require_hooks(model)
     root = layer_root(model)
     if isinstance(layer, nn.Module):
@@ -97,7 +227,32 @@ def get_layer(model, layer: str | nn.Module) -> nn.Module:
 
 
 def layer_name_of(model, module: nn.Module) -> str:
-    """The dotted name of ``module`` inside ``model``."""
+    """The dotted name of ``module`` inside ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+    module : nn.Module
+        A submodule of the model.
+
+    Returns
+    -------
+    str
+        Its dotted name; ``"<Type>"`` when the model is a plain callable without modules.
+
+    Raises
+    ------
+    BadInput
+        If ``module`` is not part of the model.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> layer_name_of(net, net[3])
+    '3'
+    """
     root = layer_root(model)
     if root is not None:
         for n, m in root.named_modules():
@@ -108,7 +263,26 @@ def layer_name_of(model, module: nn.Module) -> str:
 
 
 def first_tensor(output) -> torch.Tensor | None:
-    """A module's output if it is a tensor, else the first tensor of a tuple/list output."""
+    """A module's output if it is a tensor, else the first tensor of a tuple/list output.
+
+    Parameters
+    ----------
+    output : Any
+        What a module's forward returned.
+
+    Returns
+    -------
+    torch.Tensor or None
+        The tensor, or ``None`` when there is none.
+
+    Examples
+    --------
+    >>> import torch
+    >>> first_tensor((torch.zeros(2), "aux")).shape
+    torch.Size([2])
+    >>> first_tensor({"a": 1}) is None
+    True
+    """
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
@@ -118,7 +292,23 @@ def first_tensor(output) -> torch.Tensor | None:
 
 @dataclass
 class LayerInfo:
-    """A layer's name, type, output shape without the batch axis (None if not a tensor) and parameters."""
+    """A layer's name, type, output shape without the batch axis (None if not a tensor) and parameters.
+
+    Parameters
+    ----------
+    name : str
+        The dotted layer name.
+    type : str
+        The module's class name (e.g. ``"Conv2d"``).
+    output_shape : tuple of int or None
+        The output's shape without the batch axis; ``None`` if the output is not a tensor.
+    parameters : int
+        The number of the layer's own parameters (not its children's).
+
+    Returns
+    -------
+    A LayerInfo (dataclass) with these fields.
+    """
 
     name: str
     type: str
@@ -133,7 +323,34 @@ def _probe_device(model) -> torch.device:
 
 
 def describe_layers(model, input_shape: tuple[int, ...]) -> list[LayerInfo]:
-    """Every named layer with its type, output shape (one forward on zeros) and parameter count."""
+    """Every named layer with its type, output shape (one forward on zeros) and parameter count.
+
+    The probe runs in eval mode without gradients; train/eval flags are restored afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+    input_shape : tuple of int
+        ``(C, H, W)`` of one input image.
+
+    Returns
+    -------
+    list of LayerInfo
+        One per named layer, in registration order.
+
+    Raises
+    ------
+    BadInput
+        If the model cannot run hooks or is a plain callable without modules.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> describe_layers(net, (1, 8, 8))[0]
+    LayerInfo(name='0', type='Conv2d', output_shape=(2, 6, 6), parameters=20)
+    """
     require_hooks(model)
     root = _root_or_error(model)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -165,8 +382,30 @@ def describe_layers(model, input_shape: tuple[int, ...]) -> list[LayerInfo]:
 # ---------------------------------------------------------------- spatial views of layer outputs
 @dataclass(frozen=True)
 class Layout:
-    """How a layer's output becomes N×C×H×W: ``kind`` in :data:`LAYOUTS`, ``prefix`` tokens dropped,
-    ``grid`` (h, w) of the tokens."""
+    """How a layer's output becomes N×C×H×W (see the module docstring).
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`LAYOUTS`: ``"nchw"``, ``"nhwc"`` or ``"tokens"``.
+    prefix : int, default 0
+        For tokens: the number of leading (class, distillation, register) tokens dropped.
+    grid : tuple of int, optional
+        For tokens: ``(h, w)`` of the remaining tokens, h·w of them.
+
+    Returns
+    -------
+    A Layout (frozen dataclass); :meth:`to_nchw` applies it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lay = Layout("tokens", 1, (4, 4))
+    >>> lay.to_nchw(torch.zeros(2, 17, 8)).shape
+    torch.Size([2, 8, 4, 4])
+    >>> print(lay)
+    tokens (1 prefix token dropped, 4×4 grid)
+    """
 
     kind: str
     prefix: int = 0
@@ -179,7 +418,18 @@ class Layout:
         return self.kind
 
     def to_nchw(self, t: torch.Tensor) -> torch.Tensor:
-        """The N×C×H×W view of a tensor of this layout (activations and their gradients alike)."""
+        """The N×C×H×W view of a tensor of this layout (activations and their gradients alike).
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            A layer output (or its gradient) of this layout: N×C×H×W, N×H×W×C or N×T×C.
+
+        Returns
+        -------
+        torch.Tensor
+            A view N×C×h×w (no copy for ``nchw``).
+        """
         if self.kind == "nchw":
             return t
         if self.kind == "nhwc":
@@ -226,6 +476,42 @@ def spatial_layout(name: str, t: torch.Tensor, input_hw: tuple[int, int], module
     """How layer ``name``'s output ``t`` is read as N×C×H×W (see the module docstring).
 
     ``layout`` forces ``"nchw"``, ``"nhwc"`` or ``"tokens"`` when the automatic choice is wrong.
+    Four-dimensional outputs are channels-last when the module is known to act on the last axis
+    (``nn.Linear``, ``nn.LayerNorm``, ``data_format="channels_last"``) or when only the last-axis reading
+    matches the input's aspect ratio; three-dimensional outputs are tokens, after dropping up to
+    :data:`MAX_PREFIX_TOKENS` leading tokens so that the rest form a grid of the input's aspect ratio.
+
+    Parameters
+    ----------
+    name : str
+        The layer's name (for error messages).
+    t : torch.Tensor
+        The layer's output, 3- or 4-dimensional.
+    input_hw : tuple of int
+        ``(H, W)`` of the model's input images.
+    module : nn.Module, optional
+        The layer itself, used to tell channels-last outputs apart.
+    layout : {"nchw", "nhwc", "tokens"}, optional
+        Force this layout (default ``None``: decide automatically).
+
+    Returns
+    -------
+    Layout
+        The layout that turns ``t`` into N×C×h×w.
+
+    Raises
+    ------
+    BadInput
+        If ``layout`` is unknown or impossible for ``t``, or ``t`` is not spatial (the message names the
+        shape and what is accepted).
+
+    Examples
+    --------
+    >>> import torch
+    >>> spatial_layout("blocks.0", torch.zeros(2, 17, 8), (32, 32))
+    Layout(kind='tokens', prefix=1, grid=(4, 4))
+    >>> spatial_layout("conv", torch.zeros(2, 8, 4, 4), (16, 16))
+    Layout(kind='nchw', prefix=0, grid=None)
     """
     require(layout is None or layout in LAYOUTS, f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     shape = tuple(t.shape)
@@ -272,8 +558,36 @@ def _leaf_linear_names(root: nn.Module) -> list[str]:
 
 
 def default_feature_layer(model, input_shape: tuple[int, ...] | None = None) -> str:
-    """The model's penultimate features: its declared ``feature_layer``, else the *input* of the last
-    ``nn.Linear`` to run (``"NAME:input"``), i.e. what the classifier head reads."""
+    """The model's penultimate features.
+
+    Its declared ``feature_layer``, else the *input* of the last ``nn.Linear`` to run
+    (``"NAME:input"``), i.e. what the classifier head reads.
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+    input_shape : tuple of int, optional
+        ``(C, H, W)`` of one input; when given, one probe forward finds the last ``nn.Linear`` *to run*
+        (default ``None``: the last one registered).
+
+    Returns
+    -------
+    str
+        A layer name, ending in ``":input"`` unless the model declares its own.
+
+    Raises
+    ------
+    BadInput
+        If the model has no ``nn.Linear`` and declares no feature layer.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> default_feature_layer(net, (1, 8, 8))
+    '3:input'
+    """
     declared = getattr(model, "feature_layer", None)
     if declared:
         return declared
@@ -291,7 +605,34 @@ def default_feature_layer(model, input_shape: tuple[int, ...] | None = None) -> 
 
 
 def execution_order(model, input_shape: tuple[int, ...]) -> list[str]:
-    """Layer names in the order their forward calls *finish* on one probe input."""
+    """Layer names in the order their forward calls *finish* on one probe input.
+
+    One forward on zeros in eval mode without gradients; train/eval flags are restored afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+    input_shape : tuple of int
+        ``(C, H, W)`` of one input image.
+
+    Returns
+    -------
+    list of str
+        Layer names, a container after its children; a layer called twice appears twice.
+
+    Raises
+    ------
+    BadInput
+        If the model cannot run hooks or is a plain callable without modules.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> execution_order(net, (1, 8, 8))
+    ['0', '1', '2', '3']
+    """
     require_hooks(model)
     root = _root_or_error(model)
     order: list[str] = []
@@ -311,10 +652,38 @@ def execution_order(model, input_shape: tuple[int, ...]) -> list[str]:
 
 
 def default_cam_layer(model, input_shape: tuple[int, ...]) -> str:
-    """The model's declared ``default_cam_layer``, else the last layer (in execution order) with a
+    """The layer saliency maps are taken at when the user names none.
+
+    The model's declared ``default_cam_layer``, else the last layer (in execution order) with a
     spatial output larger than 1×1 whose gradient for the predicted class is not identically zero
     (so a transformer's final norm, which only the class token leaves, is skipped), leaf projections
-    (``nn.Linear`` on tokens) excluded."""
+    (``nn.Linear`` on tokens) excluded. The probe is one forward and backward on two seeded random
+    images in eval mode; flags and parameter gradients are reset afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module, ModelAdapter or callable
+        The model (an adapter is looked through to the wrapped module).
+    input_shape : tuple of int
+        ``(C, H, W)`` of one input image.
+
+    Returns
+    -------
+    str
+        The layer name.
+
+    Raises
+    ------
+    BadInput
+        If the model cannot run hooks or has no spatial layer.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))
+    >>> default_cam_layer(net, (1, 8, 8))
+    '1'
+    """
     declared = getattr(model, "default_cam_layer", None)
     if declared:
         return declared
