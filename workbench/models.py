@@ -64,6 +64,33 @@ class ModelCard:
     ``arch_kwargs`` are passed to the zoo constructor or the factory. ``input_shape`` is (C, H, W) of
     the images the model takes (``None`` when not known). ``preprocess`` holds the adapter's ``mean``,
     ``std`` and ``size``.
+
+    Parameters
+    ----------
+    arch : str
+        A zoo name, ``"transformers"`` or a factory spec.
+    input_shape : tuple of int or None
+        ``(C, H, W)`` the model takes, each ≥ 1; ``None`` when the model takes any size.
+    class_names : list of str
+        One name per class (at least two); their number is the model's number of logits.
+    arch_kwargs : dict, default {}
+        Keyword arguments of the zoo constructor or factory.
+    provenance : dict, default {}
+        How the model was made (training run, weights file, transformers config folder).
+    preprocess : dict, default {}
+        ``mean``, ``std`` (per channel) and ``size`` (``[H, W]``) for the adapter.
+
+    Returns
+    -------
+    A ModelCard (dataclass); ``to_json`` / ``from_json`` write and read it as ``model.json``.
+
+    Examples
+    --------
+    >>> card = ModelCard("cnn", (1, 8, 8), ["0", "1"], preprocess={"mean": [0.5], "std": [0.25]})
+    >>> card.num_classes, card.adapter_kwargs()
+    (2, {'mean': [0.5], 'std': [0.25]})
+    >>> ModelCard.from_json(card.to_json()) == card
+    True
     """
 
     arch: str
@@ -113,10 +140,36 @@ class ModelCard:
 
 
 def check_card_fields(d, source: str = "model card") -> None:
-    """The fields of a parsed card, checked before anything is built from them: an object with
-    ``arch`` (text), ``input_shape`` (three integers >= 1 within the image-size limit),
-    ``class_names`` (a list of 2 or more names within the classes limit), and ``arch_kwargs`` /
-    ``provenance`` objects when present."""
+    """Check the fields of a parsed card before anything is built from them.
+
+    The card must be an object with ``arch`` (text), ``input_shape`` (three integers >= 1 within the
+    image-size limit), ``class_names`` (a list of 2 or more names within the classes limit), and
+    ``arch_kwargs`` / ``provenance`` objects when present.
+
+    Parameters
+    ----------
+    d : Any
+        The parsed JSON of a ``model.json``.
+    source : str, default "model card"
+        What the card is (a path), for the messages.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        If a field is missing, of the wrong type, or over a limit (:mod:`workbench.limits`).
+
+    Examples
+    --------
+    >>> check_card_fields({"arch": "cnn", "input_shape": [1, 8, 8], "class_names": ["a", "b"]})
+    >>> check_card_fields({"arch": "cnn", "class_names": ["a"]})
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: model card: not a valid model card (need at least two class names, got 1)
+    """
     from . import limits
 
     def need(ok: bool, why: str) -> None:
@@ -143,7 +196,23 @@ def check_card_fields(d, source: str = "model card") -> None:
 
 
 def read_card(path: Path) -> ModelCard:
-    """A model card file (small JSON: refused over 16 MiB before it is read)."""
+    """Read a model card file (small JSON: refused over 16 MiB before it is read).
+
+    Parameters
+    ----------
+    path : Path
+        The ``model.json`` file.
+
+    Returns
+    -------
+    ModelCard
+        The checked card (see :func:`check_card_fields`).
+
+    Raises
+    ------
+    BadInput
+        If the file is over 16 MiB, not UTF-8, not JSON, or not a valid card.
+    """
     size = path.stat().st_size
     require(size <= 16 << 20, f"{path}: {size:,} bytes is too large for a model card (a JSON file of a few KB)")
     try:
@@ -156,7 +225,25 @@ def read_card(path: Path) -> ModelCard:
 @dataclass
 class LoadedModel:
     """A model ready for evaluation (``eval()`` mode), wrapped in a :class:`ModelAdapter`, and what is
-    known about it: its card, where it came from, and how to build an untrained copy (``spec``)."""
+    known about it: its card, where it came from, and how to build an untrained copy (``spec``).
+
+    Parameters
+    ----------
+    model : ModelAdapter
+        The model (a plain module or callable is adapted with the card's preprocessing).
+    card : ModelCard
+        What the model is.
+    source : str
+        Where it was loaded from (a path or spec), for messages and reports.
+    spec : str, optional
+        Architecture spec for :func:`architecture` (``None`` for TorchScript and callables; a zoo
+        card's ``arch`` by default).
+
+    Returns
+    -------
+    A LoadedModel (dataclass); :meth:`fresh` builds an untrained copy, :meth:`bind` checks it against
+    a data set.
+    """
 
     model: ModelAdapter
     card: ModelCard
@@ -176,7 +263,25 @@ class LoadedModel:
         return unwrap(self.model)
 
     def fresh(self, seed: int = 0, input_shape: tuple[int, int, int] | None = None) -> ModelAdapter:
-        """An untrained model of the same architecture and preprocessing (weights from ``seed``)."""
+        """An untrained model of the same architecture and preprocessing (weights from ``seed``).
+
+        Parameters
+        ----------
+        seed : int, default 0
+            Seed of the weight initialisation.
+        input_shape : tuple of int, optional
+            ``(C, H, W)``; default the card's.
+
+        Returns
+        -------
+        ModelAdapter
+            The fresh model, adapted like this one.
+
+        Raises
+        ------
+        BadInput
+            If there is no architecture spec or no known input shape.
+        """
         require(self.spec is not None, f"{self.source}: cannot build an untrained copy of this model "
                                        f"({self.card.arch}); give an architecture spec instead")
         shape = input_shape or self.card.input_shape
@@ -193,7 +298,26 @@ class LoadedModel:
         """Check that the model takes images of ``data_shape`` and has ``num_classes`` outputs; return it
         with the card completed from the data (input shape, class names) where the card did not know.
 
-        Raises :class:`BadInput` naming the expected shape or the class counts.
+        Parameters
+        ----------
+        data_shape : tuple of int
+            ``(C, H, W)`` of the data's images.
+        num_classes : int
+            The data's number of classes.
+        class_names : list of str, optional
+            The data's class names (default: ``"0"``, ``"1"``, …).
+        what : str, default "the data"
+            The data's name, for messages.
+
+        Returns
+        -------
+        LoadedModel
+            A copy with the completed card (the adapter's ``input_shape`` is set in place if unknown).
+
+        Raises
+        ------
+        BadInput
+            Naming the expected shape or the class counts when they do not match.
         """
         data_shape = tuple(int(s) for s in data_shape)
         expected = self.card.input_shape
@@ -218,7 +342,26 @@ class LoadedModel:
 
 # ---------------------------------------------------------------- specs
 def is_factory_spec(spec: str) -> bool:
-    """``path/to/file.py:name`` or ``package.module:name`` (not a zoo name or an existing path)."""
+    """Whether ``spec`` names a model factory: ``path/to/file.py:name`` or ``package.module:name``.
+
+    Zoo names and other strings are not factory specs.
+
+    Parameters
+    ----------
+    spec : str
+        A model or architecture spec.
+
+    Returns
+    -------
+    bool
+        True for exactly one ``:`` followed by an identifier, preceded by a ``.py`` path or a dotted
+        module name.
+
+    Examples
+    --------
+    >>> is_factory_spec("nets.py:make"), is_factory_spec("mypkg.nets:make"), is_factory_spec("cnn")
+    (True, True, False)
+    """
     if not isinstance(spec, str) or ":" not in spec or spec.count(":") != 1:
         return False
     target, name = spec.rsplit(":", 1)
@@ -281,6 +424,43 @@ def architecture(spec: str, in_channels: int, num_classes: int, image_size: tupl
     ``image_size``), a factory (``file.py:fn`` / ``package.module:fn``, called with ``arch_kwargs``;
     runs the user's code), a transformers folder (its ``config.json``; a fresh
     ``AutoModelForImageClassification.from_config``), or a workbench model folder (its card's arch).
+
+    Parameters
+    ----------
+    spec : str
+        The architecture spec (see above); a zip of a folder is extracted safely first.
+    in_channels : int
+        Image channels C (zoo models).
+    num_classes : int
+        Number of logits K (zoo models).
+    image_size : int or tuple of int, default 28
+        ``H`` or ``(H, W)`` of the images (zoo models).
+    seed : int or None, default 0
+        Seed of the weight initialisation (``None``: the global RNG).
+    arch_kwargs : dict, optional
+        Keyword arguments of the zoo constructor or factory.
+    trust_code : bool, default False
+        Allow a model folder's card to name a factory (importing it runs its code).
+    config_dir : str or Path, optional
+        For ``spec="transformers"``: the folder holding ``config.json``.
+
+    Returns
+    -------
+    nn.Module
+        The untrained model (not adapted).
+
+    Raises
+    ------
+    BadInput
+        If the spec is unknown, the factory fails or returns no ``nn.Module``, or a card names a factory
+        without ``trust_code``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = architecture("cnn", 1, 10, 8)
+    >>> type(net).__name__, net(torch.zeros(2, 1, 8, 8)).shape
+    ('SmallCNN', torch.Size([2, 10]))
     """
     kwargs = dict(arch_kwargs or {})
     if spec in ZOO:
@@ -504,6 +684,25 @@ def save_model(model, directory: str | Path, card: ModelCard) -> Path:
     (``path/to/file.py:factory``; stored with its absolute path) or, for a transformers model,
     anything (it becomes ``transformers`` and the model's config is saved beside the weights).
     The adapter's normalisation and resize go into ``card.preprocess``.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        The model to save (not TorchScript, not a callable).
+    directory : str or Path
+        The folder to write into (created if missing).
+    card : ModelCard
+        What the model is; a copy is completed and saved, the argument is not changed.
+
+    Returns
+    -------
+    Path
+        ``directory``.
+
+    Raises
+    ------
+    BadInput
+        If the model is not an ``nn.Module`` or the card does not say how to rebuild the architecture.
     """
     from safetensors.torch import save_file
 
@@ -569,6 +768,37 @@ def load_model(spec: str | Path, *, weights: str | Path | None = None, trust_cod
     ``input_shape`` and ``class_names`` describe a bare weights file that has no ``model.json`` beside it.
     ``trust_code`` allows what runs code stored with the model: TorchScript archives and cards that
     name a factory.
+
+    Parameters
+    ----------
+    spec : str or Path
+        A workbench or transformers folder, a zip of one, a weights file, a TorchScript archive or a
+        factory spec.
+    weights : str or Path, optional
+        The weights (``.safetensors`` or state dict) for a factory spec.
+    trust_code : bool, default False
+        Allow loading what runs code (TorchScript, a card naming a factory).
+    arch : str, optional
+        Architecture of a bare weights file (zoo name or factory spec).
+    arch_kwargs : dict, optional
+        Keyword arguments of the factory or zoo constructor.
+    input_shape : tuple of int, optional
+        ``(C, H, W)`` for a bare weights file or a factory.
+    class_names : list of str, optional
+        Class names for a bare weights file or a factory.
+    device : str or torch.device, default "cpu"
+        Where to put the model (``"auto"`` picks an accelerator when there is one).
+
+    Returns
+    -------
+    LoadedModel
+        The model in eval mode, adapted, with its card and source.
+
+    Raises
+    ------
+    BadInput
+        If the model is missing or unusable: unknown format, weights that do not fit the architecture or
+        hold non-finite values or pickled objects, code that is not trusted, an invalid card.
     """
     text = str(spec)
     path = Path(text).expanduser()
