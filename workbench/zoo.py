@@ -21,6 +21,26 @@ class SmallCNN(nn.Module):
 
     Layer names worth explaining: ``relu2`` (H/1), ``relu4`` (H/2, the default CAM layer: the last
     conv activations before pooling); penultimate features: ``relu5`` (``width*4`` dims).
+    An adaptive 3×3 pool before the head makes it take any image size from 8×8 up.
+
+    Parameters
+    ----------
+    in_channels : int, default 1
+        Image channels C.
+    num_classes : int, default 10
+        Number of logits K.
+    width : int, default 32
+        Channels of the first block (the second has ``2*width``); 140k parameters at the default.
+
+    Returns
+    -------
+    A SmallCNN (``nn.Module``) mapping N×C×H×W to logits N×K.
+
+    Examples
+    --------
+    >>> import torch
+    >>> SmallCNN(in_channels=1, num_classes=10)(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
     """
 
     default_cam_layer = "relu4"
@@ -50,7 +70,29 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3×3 convs with BatchNorm, identity or 1×1 projection shortcut."""
+    """ResNet basic block: two 3×3 convs with BatchNorm, identity or 1×1 projection shortcut.
+
+    He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
+
+    Parameters
+    ----------
+    cin : int
+        Input channels.
+    cout : int
+        Output channels (a 1×1 projection shortcut when they differ from ``cin``).
+    stride : int, default 1
+        Stride of the first conv (and of the shortcut): 2 halves H and W.
+
+    Returns
+    -------
+    A BasicBlock (``nn.Module``) mapping N×cin×H×W to N×cout×(H/stride)×(W/stride).
+
+    Examples
+    --------
+    >>> import torch
+    >>> BasicBlock(4, 8, stride=2)(torch.zeros(1, 4, 8, 8)).shape
+    torch.Size([1, 8, 4, 4])
+    """
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
@@ -75,6 +117,25 @@ class SmallResNet(nn.Module):
 
     Layers are named like torchvision's (``layer2.1.conv1``); default CAM layer ``layer3``,
     penultimate features ``flatten``.
+
+    Parameters
+    ----------
+    in_channels : int, default 1
+        Image channels C.
+    num_classes : int, default 10
+        Number of logits K.
+    width : int, default 16
+        Channels of the first stage (w, 2w, 4w); 175k parameters at the default.
+
+    Returns
+    -------
+    A SmallResNet (``nn.Module``) mapping N×C×H×W to logits N×K.
+
+    Examples
+    --------
+    >>> import torch
+    >>> SmallResNet(in_channels=3, num_classes=5)(torch.zeros(2, 3, 16, 16)).shape
+    torch.Size([2, 5])
     """
 
     default_cam_layer = "layer3"
@@ -107,7 +168,40 @@ MIN_SIZE, MAX_SIZE = 8, 512
 
 def build_model(arch: str, in_channels: int, num_classes: int, image_size: tuple[int, int] | int = 28,
                 seed: int | None = 0, **kwargs) -> nn.Module:
-    """A fresh zoo model, its weights initialised from ``seed``."""
+    """A fresh zoo model, its weights initialised from ``seed``.
+
+    The global RNG is left as it was (the seed is applied inside ``torch.random.fork_rng``).
+
+    Parameters
+    ----------
+    arch : str
+        A key of :data:`ZOO`: ``"cnn"`` or ``"resnet"``.
+    in_channels : int
+        Image channels, 1 to 64.
+    num_classes : int
+        Number of logits, ≥ 2 (within the ``classes`` limit).
+    image_size : int or tuple of int, default 28
+        ``H`` or ``(H, W)``, each in [:data:`MIN_SIZE`, :data:`MAX_SIZE`] = [8, 512].
+    seed : int or None, default 0
+        Seed of the weight initialisation (``None``: the global RNG).
+    **kwargs
+        Constructor options (``width``), checked by :func:`check_arch_kwargs`.
+
+    Returns
+    -------
+    nn.Module
+        The untrained model.
+
+    Raises
+    ------
+    BadInput
+        If the architecture is unknown or a size, class count or option is out of range.
+
+    Examples
+    --------
+    >>> type(build_model("resnet", 1, 3, 12)).__name__
+    'SmallResNet'
+    """
     require(arch in ZOO, f"unknown model {arch!r}; the zoo has: {', '.join(sorted(ZOO))}")
     require(isinstance(in_channels, int) and 1 <= in_channels <= 64,
             f"zoo models take 1 to 64 input channels, got {in_channels}")
@@ -126,7 +220,36 @@ def build_model(arch: str, in_channels: int, num_classes: int, image_size: tuple
 def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dict) -> None:
     """Refuse architecture options the constructor does not take, non-integer sizes, and a network
     over the ``model_parameters`` limit, counted on the ``meta`` device before any weight exists
-    (a card asking for ``width: 20000`` would otherwise allocate 14 GB)."""
+    (a card asking for ``width: 20000`` would otherwise allocate 14 GB).
+
+    Parameters
+    ----------
+    arch : str
+        A key of :data:`ZOO`.
+    in_channels : int
+        Image channels.
+    num_classes : int
+        Number of logits (checked against the ``classes`` limit).
+    kwargs : dict
+        The constructor options to check (each an integer ≥ 1).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        If an option is unknown or not an integer ≥ 1, or the network would be over a limit.
+
+    Examples
+    --------
+    >>> check_arch_kwargs("cnn", 1, 10, {"width": 8})
+    >>> check_arch_kwargs("cnn", 1, 10, {"depth": 3})
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: model 'cnn' takes no option 'depth'; it takes: width
+    """
     import inspect
 
     from . import limits
