@@ -31,12 +31,54 @@ LARGE_ARRAY = 20_000  # elements; larger arrays go to arrays.npz, the JSON keeps
 
 @dataclass
 class Metrics:
+    """A report section: named values shown as a two-column table.
+
+    Parameters
+    ----------
+    title : str
+        The section heading.
+    values : dict of str to Any
+        Name → value; floats are shown with 4 significant digits.
+
+    Returns
+    -------
+    A Metrics (dataclass) for ``report_sections()`` or :func:`write_report`'s ``sections``.
+
+    Examples
+    --------
+    >>> render_section(Metrics("Accuracy", {"clean": 0.98765}))
+    "<h2>Accuracy</h2><table class='metrics'><tr><th>clean</th><td>0.9877</td></tr></table>"
+    """
+
     title: str
     values: dict[str, Any]
 
 
 @dataclass
 class Table:
+    """A report section: a table with a header row and an optional note below it.
+
+    Parameters
+    ----------
+    title : str
+        The section heading.
+    columns : list of str
+        Column headers.
+    rows : list of list
+        One list per row, one value per column; floats are shown with 4 significant digits.
+    note : str, default ""
+        A line under the table (e.g. how the figures were measured).
+
+    Returns
+    -------
+    A Table (dataclass) for ``report_sections()`` or :func:`write_report`'s ``sections``.
+
+    Examples
+    --------
+    >>> render_section(Table("T", ["a", "b"], [[1, 2.5]]))
+    '<h2>T</h2><table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2.5</td></tr></table>'
+    """
+
     title: str
     columns: list[str]
     rows: list[list[Any]]
@@ -45,7 +87,27 @@ class Table:
 
 @dataclass
 class ImageGrid:
-    """Images N×C×H×W (or N×H×W) in [0, 1], optionally with per-image captions and heat overlays."""
+    """Images N×C×H×W (or N×H×W) in [0, 1], optionally with per-image captions and heat overlays.
+
+    Parameters
+    ----------
+    title : str
+        The section heading.
+    images : torch.Tensor or numpy.ndarray
+        N×C×H×W (C = 1 or 3) or N×H×W, values in [0, 1] (clipped).
+    captions : list of str, optional
+        One caption per image.
+    overlays : torch.Tensor or numpy.ndarray, optional
+        N×H×W saliency in [0, 1], blended over the images as a 'jet' heat map.
+    columns : int, default 8
+        Images per row.
+    scale : int, default 3
+        Nearest-neighbour upscaling of each image.
+
+    Returns
+    -------
+    An ImageGrid (dataclass) for ``report_sections()`` or :func:`write_report`'s ``sections``.
+    """
 
     title: str
     images: Any
@@ -57,6 +119,24 @@ class ImageGrid:
 
 @dataclass
 class Heatmap:
+    """A report section: a matrix drawn as a heat map (values written in cells up to 400 cells).
+
+    Parameters
+    ----------
+    title : str
+        The section heading.
+    matrix : array-like
+        R×C numbers (e.g. a confusion matrix).
+    row_labels, col_labels : list of str, optional
+        Tick labels of the rows and columns.
+    xlabel, ylabel : str, default ""
+        Axis labels.
+
+    Returns
+    -------
+    A Heatmap (dataclass) for ``report_sections()`` or :func:`write_report`'s ``sections``.
+    """
+
     title: str
     matrix: Any
     row_labels: list[str] | None = None
@@ -67,7 +147,19 @@ class Heatmap:
 
 @dataclass
 class Figure:
-    """A ready PNG (e.g. from matplotlib via :func:`figure_png`)."""
+    """A ready PNG (e.g. from matplotlib via :func:`figure_png`).
+
+    Parameters
+    ----------
+    title : str
+        The section heading.
+    png : bytes
+        The PNG file's bytes (inlined as base64).
+
+    Returns
+    -------
+    A Figure (dataclass) for ``report_sections()`` or :func:`write_report`'s ``sections``.
+    """
 
     title: str
     png: bytes
@@ -75,6 +167,25 @@ class Figure:
 
 @dataclass
 class Text:
+    """A report section: paragraphs of text (separated by blank lines; HTML-escaped).
+
+    Parameters
+    ----------
+    title : str
+        The section heading.
+    body : str
+        The text; ``"\\n\\n"`` separates paragraphs.
+
+    Returns
+    -------
+    A Text (dataclass) for ``report_sections()`` or :func:`write_report`'s ``sections``.
+
+    Examples
+    --------
+    >>> render_section(Text("Notes", "one\\n\\ntwo"))
+    '<h2>Notes</h2><p>one</p><p>two</p>'
+    """
+
     title: str
     body: str
 
@@ -84,7 +195,36 @@ Section = Metrics | Table | ImageGrid | Heatmap | Figure | Text
 
 # ---------------------------------------------------------------- JSON
 def to_jsonable(obj: Any, arrays: dict[str, np.ndarray], path: str = "") -> Any:
-    """Convert a result into JSON types; arrays over LARGE_ARRAY elements go into ``arrays``."""
+    """Convert a result into JSON types; arrays over LARGE_ARRAY elements go into ``arrays``.
+
+    Dataclasses become dicts (fields starting with ``_`` left out), tensors and arrays lists, NumPy
+    scalars Python numbers, non-finite floats ``None``, paths strings, bytes their length, modules
+    their class name, and anything else its ``repr``.
+
+    Parameters
+    ----------
+    obj : Any
+        The result (usually a dataclass).
+    arrays : dict of str to numpy.ndarray
+        Filled with the arrays over :data:`LARGE_ARRAY` elements, keyed by their dotted path; the JSON
+        keeps their shape, dtype and ``"arrays.npz:KEY"``.
+    path : str, default ""
+        The dotted path of ``obj`` inside the result (for the keys).
+
+    Returns
+    -------
+    Any
+        ``obj`` in JSON types (dict, list, str, int, float, bool, None).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> arrays = {}
+    >>> to_jsonable({"acc": np.float32(0.5), "x": torch.arange(3), "nan": float("nan")}, arrays)
+    {'acc': 0.5, 'x': [0, 1, 2], 'nan': None}
+    >>> to_jsonable({"big": np.zeros(30000)}, arrays), list(arrays)
+    ({'big': {'shape': [30000], 'dtype': 'float64', 'stored_in': 'arrays.npz:big'}}, ['big'])
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name), arrays, f"{path}.{f.name}".strip("."))
                 for f in dataclasses.fields(obj) if not f.name.startswith("_")}
@@ -120,7 +260,28 @@ def to_jsonable(obj: Any, arrays: dict[str, np.ndarray], path: str = "") -> Any:
 
 # ---------------------------------------------------------------- images
 def to_uint8_images(images: Any) -> np.ndarray:
-    """N×H×W×3 uint8 from N×C×H×W / N×H×W tensors or arrays in [0, 1]."""
+    """N×H×W×3 uint8 from N×C×H×W / N×H×W tensors or arrays in [0, 1].
+
+    One channel is repeated to three; more than three are cut to the first three; values are
+    clipped to [0, 1] and rounded.
+
+    Parameters
+    ----------
+    images : torch.Tensor or array-like
+        N×C×H×W or N×H×W, values in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        N×H×W×3, dtype uint8.
+
+    Examples
+    --------
+    >>> import torch
+    >>> out = to_uint8_images(torch.full((2, 1, 4, 5), 0.5))
+    >>> out.shape, out[0, 0, 0].tolist()
+    ((2, 4, 5, 3), [128, 128, 128])
+    """
     arr = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, float)
     if arr.ndim == 3:
         arr = arr[:, None]
@@ -131,14 +292,52 @@ def to_uint8_images(images: Any) -> np.ndarray:
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
-    """Map [0, 1] values to RGB in [0, 1] with matplotlib's 'jet' colour map."""
+    """Map [0, 1] values to RGB in [0, 1] with matplotlib's 'jet' colour map.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Any shape; values are clipped to [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        ``values.shape + (3,)``, floats in [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> heat_colors(np.array([0.0, 1.0])).round(3).tolist()
+    [[0.0, 0.0, 0.5], [0.5, 0.0, 0.0]]
+    """
     from matplotlib import colormaps
 
     return colormaps["jet"](np.clip(values, 0, 1))[..., :3]
 
 
 def overlay_heat(images: Any, heat: Any, alpha: float = 0.5) -> np.ndarray:
-    """Blend N×H×W heat maps in [0, 1] over images: N×H×W×3 floats in [0, 1]."""
+    """Blend N×H×W heat maps in [0, 1] over images: N×H×W×3 floats in [0, 1].
+
+    Parameters
+    ----------
+    images : torch.Tensor or array-like
+        N×C×H×W or N×H×W images in [0, 1].
+    heat : torch.Tensor or array-like
+        N×H×W (or N×1×H×W) heat maps in [0, 1], the images' size.
+    alpha : float, default 0.5
+        Weight of the heat map, in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        N×H×W×3, ``(1 − alpha) · image + alpha · jet(heat)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> overlay_heat(torch.zeros(2, 3, 4, 4), torch.ones(2, 4, 4)).shape
+    (2, 4, 4, 3)
+    """
     base = to_uint8_images(images).astype(np.float32) / 255.0
     h = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat)
     h = h.reshape(h.shape[0], *h.shape[-2:])
@@ -146,6 +345,26 @@ def overlay_heat(images: Any, heat: Any, alpha: float = 0.5) -> np.ndarray:
 
 
 def png_bytes(image_hw3: np.ndarray, scale: int = 1) -> bytes:
+    """One image as PNG bytes, optionally upscaled (nearest neighbour).
+
+    Parameters
+    ----------
+    image_hw3 : numpy.ndarray
+        H×W×3, uint8 or floats in [0, 1] (clipped and rounded).
+    scale : int, default 1
+        Integer upscaling factor.
+
+    Returns
+    -------
+    bytes
+        The PNG file.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> png_bytes(np.zeros((4, 4, 3), np.uint8), scale=2)[:4]
+    b'\\x89PNG'
+    """
     from PIL import Image
 
     arr = image_hw3 if image_hw3.dtype == np.uint8 else (np.clip(image_hw3, 0, 1) * 255 + 0.5).astype(np.uint8)
@@ -158,7 +377,18 @@ def png_bytes(image_hw3: np.ndarray, scale: int = 1) -> bytes:
 
 
 def figure_png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
+    """A matplotlib figure as PNG bytes (the figure is closed).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure; saved at 110 dpi with a tight bounding box, then closed.
+
+    Returns
+    -------
+    bytes
+        The PNG file.
+    """
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -169,11 +399,46 @@ def figure_png(fig) -> bytes:
 
 def plain(text: Any) -> str:
     """``text`` for matplotlib as plain text: a ``$`` would start mathtext, so a class named
-    ``$x^$`` would crash the drawing (and ``$\\alpha$`` would render as α); escaped, it prints as given."""
+    ``$x^$`` would crash the drawing (and ``$\\alpha$`` would render as α); escaped, it prints as given.
+
+    Parameters
+    ----------
+    text : Any
+        A label (converted with ``str``).
+
+    Returns
+    -------
+    str
+        The text with every ``$`` escaped.
+
+    Examples
+    --------
+    >>> print(plain("$x^$"))
+    \\$x^\\$
+    """
     return str(text).replace("$", r"\$")
 
 
 def heatmap_png(matrix: Any, row_labels=None, col_labels=None, xlabel="", ylabel="", title="") -> bytes:
+    """A matrix drawn as a 'viridis' heat map with a colour bar, as PNG bytes.
+
+    Cell values are written in the cells when there are at most 400 (integers as such, others with
+    two decimals). Labels are drawn as plain text (see :func:`plain`).
+
+    Parameters
+    ----------
+    matrix : array-like
+        R×C numbers.
+    row_labels, col_labels : list of str, optional
+        Tick labels.
+    xlabel, ylabel, title : str, default ""
+        Axis labels and title.
+
+    Returns
+    -------
+    bytes
+        The PNG file.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,6 +479,28 @@ def _fmt(v: Any) -> str:
 
 
 def render_section(sec: Section) -> str:
+    """One report section as an HTML fragment (a heading and its content; text is HTML-escaped).
+
+    Parameters
+    ----------
+    sec : Metrics, Table, ImageGrid, Heatmap, Figure or Text
+        The section.
+
+    Returns
+    -------
+    str
+        HTML: an ``<h2>`` heading followed by a table, an image grid, an inlined PNG or paragraphs.
+
+    Raises
+    ------
+    TypeError
+        If ``sec`` is not one of the section types.
+
+    Examples
+    --------
+    >>> render_section(Metrics("Accuracy", {"clean": 0.5}))
+    "<h2>Accuracy</h2><table class='metrics'><tr><th>clean</th><td>0.5</td></tr></table>"
+    """
     title = f"<h2>{html.escape(sec.title)}</h2>"
     if isinstance(sec, Metrics):
         rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in sec.values.items())
@@ -249,6 +536,28 @@ footer{margin-top:2em;color:#777;font-size:85%}"""
 
 
 def default_sections(result: Any) -> list[Section]:
+    """The sections of a result that has no ``report_sections()``: its scalar fields as metrics.
+
+    Parameters
+    ----------
+    result : Any
+        A dataclass (its int, float, str and bool fields are shown) or any value.
+
+    Returns
+    -------
+    list of Metrics
+        One :class:`Metrics` section titled "Results".
+
+    Examples
+    --------
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class R:
+    ...     accuracy: float
+    ...     per_class: list
+    >>> default_sections(R(0.9, [1, 2]))
+    [Metrics(title='Results', values={'accuracy': 0.9})]
+    """
     if dataclasses.is_dataclass(result):
         scalars = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
                    if isinstance(getattr(result, f.name), (int, float, str, bool))}
@@ -257,6 +566,27 @@ def default_sections(result: Any) -> list[Section]:
 
 
 def render_html(title: str, sections: Sequence[Section], provenance: dict | None = None) -> str:
+    """A self-contained HTML page (inline CSS and images) of the sections.
+
+    Parameters
+    ----------
+    title : str
+        The page's title and ``<h1>``.
+    sections : sequence of sections
+        Rendered in order with :func:`render_section`.
+    provenance : dict, optional
+        Shown in a footer as ``key: value`` pairs (version, time written, result type).
+
+    Returns
+    -------
+    str
+        The HTML document.
+
+    Examples
+    --------
+    >>> render_html("Audit", [Text("Notes", "all clear")]).startswith("<!doctype html>")
+    True
+    """
     body = "".join(render_section(s) for s in sections)
     prov = ""
     if provenance:
@@ -267,7 +597,28 @@ def render_html(title: str, sections: Sequence[Section], provenance: dict | None
 
 def write_report(result: Any, out_dir: str | Path, title: str | None = None,
                  sections: Sequence[Section] | None = None) -> dict[str, Path]:
-    """Write ``report.json`` (+ ``arrays.npz`` for large arrays) and ``report.html`` into ``out_dir``."""
+    """Write ``report.json`` (+ ``arrays.npz`` for large arrays) and ``report.html`` into ``out_dir``.
+
+    Each file is written atomically. The JSON holds the title, provenance (workbench version, UTC time
+    written, result type) and the result (:func:`to_jsonable`); the HTML shows ``sections``, else the
+    result's ``report_sections()``, else :func:`default_sections`.
+
+    Parameters
+    ----------
+    result : Any
+        The result, usually a dataclass.
+    out_dir : str or Path
+        The folder to write into (created if missing).
+    title : str, optional
+        The report's title (default: the result's class name).
+    sections : sequence of sections, optional
+        What the HTML shows (default: from the result).
+
+    Returns
+    -------
+    dict of str to Path
+        ``"json"`` and ``"html"`` paths, and ``"arrays"`` when ``arrays.npz`` was written.
+    """
     from . import __version__
 
     out = Path(out_dir)
