@@ -53,7 +53,28 @@ def _create_temp(directory: Path, name: str, *, is_dir: bool = False, kind: str 
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Call ``writer(tmp_path)`` to produce the file, then move it onto ``path`` atomically."""
+    """Call ``writer(tmp_path)`` to produce the file, then move it onto ``path`` atomically.
+
+    The temporary file lies beside ``path`` (same file system, so ``os.replace`` is atomic) and is
+    removed if ``writer`` fails; the parent folder is created if missing.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    writer : callable
+        ``writer(tmp_path)`` writes the whole file at ``tmp_path`` (a ``Path``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    Exception
+        Whatever ``writer`` raises (the target is then untouched).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = _create_temp(path.parent, path.name)
@@ -67,10 +88,38 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    data : bytes
+        Its whole content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` as UTF-8, atomically (see :func:`atomic_write`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write.
+    text : str
+        Its whole content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
@@ -107,7 +156,18 @@ def clean_leftovers(target: str | os.PathLike) -> list[Path]:
     """Remove what killed runs left around ``target``: staging and swap folders beside it and
     temporary files inside it, each only when the process that made it no longer runs. If a run
     was killed half-way through a two-rename swap (systems without ``RENAME_EXCHANGE``), the
-    previous folder is put back first. Returns what was removed."""
+    previous folder is put back first. Returns what was removed.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        An output folder (existing or not).
+
+    Returns
+    -------
+    list of Path
+        The staging folders, swap folders and temporary files removed (empty when none).
+    """
     target = Path(target)
     parent = target.parent
     removed: list[Path] = []
@@ -143,7 +203,26 @@ def clean_leftovers(target: str | os.PathLike) -> list[Path]:
 def check_out_dir(out: str | os.PathLike, what: str = "--out") -> Path:
     """Validate an output folder before any work: BadInput for an existing file, a place the user
     cannot write, or an existing non-empty folder that is not a workbench run folder (no
-    ``report.json``, or subfolders in it), which a run would otherwise replace. Creates nothing."""
+    ``report.json``, or subfolders in it), which a run would otherwise replace. Creates nothing.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The output folder (a symbolic link is resolved).
+    what : str, default "--out"
+        The option's name, for the messages.
+
+    Returns
+    -------
+    Path
+        The folder (resolved if it was a link).
+
+    Raises
+    ------
+    BadInput
+        If ``out`` is a file, a non-empty folder that is not a workbench run, or a place the user cannot
+        write to.
+    """
     out = Path(out)
     if out.is_symlink():
         out = out.resolve()
@@ -188,7 +267,27 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def swap_in(stage: Path, target: Path) -> None:
-    """Make ``stage`` the folder at ``target`` in one step; the previous folder is removed after."""
+    """Make ``stage`` the folder at ``target`` in one step; the previous folder is removed after.
+
+    On Linux ``renameat2(RENAME_EXCHANGE)`` swaps the two in one atomic step; elsewhere two renames
+    (the previous folder is moved aside, then the stage into place).
+
+    Parameters
+    ----------
+    stage : Path
+        The finished folder, beside ``target`` (same file system).
+    target : Path
+        Where it goes; replaced if it exists.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    OSError
+        If a rename fails for a reason other than the exchange being unsupported.
+    """
     if not target.exists():
         os.rename(stage, target)
         return
@@ -206,7 +305,29 @@ class StagedDir:
     """``with StagedDir(out) as stage:`` write the run into ``stage`` (a folder beside ``out``; a
     path-like, so ``stage / "x.csv"`` and ``write_report(res, stage)`` work); on success it replaces
     ``out`` as one unit, on any exception (Ctrl-C included) it is removed and ``out`` is untouched.
-    :meth:`final` maps paths inside the stage to where they are after the swap."""
+    :meth:`final` maps paths inside the stage to where they are after the swap.
+
+    Files of the previous run that this run did not write are carried over (hard links, else
+    copies); leftovers of killed runs are cleaned up on entry.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        The output folder, checked at once with :func:`check_out_dir`.
+    what : str, default "--out"
+        The option's name, for the messages.
+
+    Returns
+    -------
+    A StagedDir: a context manager whose ``__enter__`` returns itself, path-like inside the block.
+
+    Raises
+    ------
+    BadInput
+        If ``target`` is not a usable output folder, or the staging folder cannot be created.
+    RuntimeError
+        If used as a path outside its with-block.
+    """
 
     def __init__(self, target: str | os.PathLike, what: str = "--out"):
         self.target = check_out_dir(target, what)
@@ -260,7 +381,18 @@ class StagedDir:
                 shutil.copy2(p, stage / p.name)
 
     def final(self, paths: dict[str, Path]) -> dict[str, Path]:
-        """``paths`` with the staging folder replaced by the output folder."""
+        """``paths`` with the staging folder replaced by the output folder.
+
+        Parameters
+        ----------
+        paths : dict of str to Path
+            Paths, e.g. as :func:`~workbench.report.write_report` returned them inside the stage.
+
+        Returns
+        -------
+        dict of str to Path
+            The same keys; paths inside the stage moved to the output folder, others unchanged.
+        """
         stage = self._stage()
         return {k: (self.target / Path(v).relative_to(stage) if Path(v).is_relative_to(stage) else Path(v))
                 for k, v in paths.items()}
