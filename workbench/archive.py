@@ -34,8 +34,24 @@ def safe_extract(zip_path: str | Path, dest: str | Path) -> Path:
     """Extract ``zip_path`` into the (empty or new) folder ``dest``; return the folder that holds the
     model: ``dest`` itself, or its single top-level folder when the zip wraps everything in one.
 
-    Raises ``BadInput`` for a file that is not a zip, a member outside the folder, a symbolic link,
-    more than 10,000 members, or a declared total size over the ``data_bytes`` limit.
+    Parameters
+    ----------
+    zip_path : str or Path
+        The zip file.
+    dest : str or Path
+        The folder to extract into (created if missing).
+
+    Returns
+    -------
+    Path
+        The folder holding the model: ``dest`` or its single top-level folder.
+
+    Raises
+    ------
+    BadInput
+        For a file that is not a zip, a member outside the folder, a symbolic link, more than
+        10,000 members (:data:`MAX_MEMBERS`), an archive without files, or a declared total size over
+        the ``data_bytes`` limit.
     """
     from . import limits
 
