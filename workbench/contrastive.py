@@ -39,7 +39,40 @@ from .training import Progress, resolve_device
 
 @dataclass
 class Augment:
-    """SimCLR's view generator, batched on the images' device; every draw comes from ``generator``."""
+    """SimCLR's view generator, batched on the images' device; every draw comes from ``generator``.
+
+    Each call draws, per image, a random zoom, rotation and shift (one affine ``grid_sample``,
+    zero padding), a contrast and a brightness factor, and additive Gaussian noise; the result is
+    clipped to [0, 1].
+
+    Parameters
+    ----------
+    scale : tuple of float, default (0.7, 1.0)
+        Range of the crop's side as a fraction of the image (1 = whole image; zoom in by 1/s).
+    max_rotation : float, default 17.0
+        Largest rotation, in degrees (uniform in ±max_rotation).
+    max_shift : float, default 0.15
+        Largest translation, as a fraction of the image size.
+    brightness : tuple of float, default (0.6, 1.4)
+        Range of the multiplicative brightness factor.
+    contrast : tuple of float, default (0.7, 1.3)
+        Range of the contrast factor (around each image's mean).
+    noise : float, default 0.1
+        Standard deviation of the additive Gaussian noise (0: none).
+
+    Returns
+    -------
+    An Augment (dataclass), called as ``augment(x, generator)`` on N×C×H×W images in [0, 1] to give
+    views of the same shape in [0, 1].
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    >>> view = Augment()(x, torch.Generator().manual_seed(1))
+    >>> view.shape, bool(view.min() >= 0 and view.max() <= 1)
+    (torch.Size([4, 1, 28, 28]), True)
+    """
 
     scale: tuple[float, float] = (0.7, 1.0)  # zoom factor of the crop (1 = whole image)
     max_rotation: float = 17.0  # degrees
@@ -74,7 +107,25 @@ class Augment:
 
 class ConvEncoder(nn.Module):
     """Three 3×3 conv + BatchNorm + ReLU blocks (widths w, 2w, 4w; max-pool after the first two),
-    global average pooling: a ``4w``-dimensional embedding (128 for w = 32)."""
+    global average pooling: a ``4w``-dimensional embedding (128 for w = 32).
+
+    Parameters
+    ----------
+    in_channels : int, default 1
+        Image channels.
+    width : int, default 32
+        Channels of the first block (w).
+
+    Returns
+    -------
+    A ConvEncoder (``nn.Module``) mapping N×C×H×W to N×4w embeddings; ``dim`` holds 4w.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ConvEncoder(in_channels=1)(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 128])
+    """
 
     feature_layer = "flatten"
 
@@ -97,7 +148,20 @@ class ConvEncoder(nn.Module):
 
 
 class ZooEncoder(nn.Module):
-    """A zoo model used as an encoder: its output is the model's feature layer (penultimate features)."""
+    """A zoo model used as an encoder: its output is the model's feature layer (penultimate features).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (its classifier head runs but its output is not used).
+    layer : str, optional
+        The layer whose output is the embedding (default: the model's feature layer, see
+        :func:`workbench.layers.default_feature_layer`).
+
+    Returns
+    -------
+    A ZooEncoder (``nn.Module``) mapping N×C×H×W to the layer's output flattened to N×D.
+    """
 
     def __init__(self, model: nn.Module, layer: str | None = None):
         super().__init__()
@@ -114,7 +178,35 @@ ENCODERS = ("conv", "cnn", "resnet")
 
 
 def build_encoder(arch: str, in_channels: int, image_size: tuple[int, int] | int = 28, seed: int = 0) -> nn.Module:
-    """``conv`` (:class:`ConvEncoder`) or a zoo architecture (``cnn``, ``resnet``) through its feature layer."""
+    """``conv`` (:class:`ConvEncoder`) or a zoo architecture (``cnn``, ``resnet``) through its feature layer.
+
+    Parameters
+    ----------
+    arch : {"conv", "cnn", "resnet"}
+        The encoder (see :data:`ENCODERS`).
+    in_channels : int
+        Image channels, 1 or 3.
+    image_size : int or tuple of int, default 28
+        ``H`` or ``(H, W)`` (zoo architectures).
+    seed : int, default 0
+        Seed of the weight initialisation.
+
+    Returns
+    -------
+    nn.Module
+        A :class:`ConvEncoder` or a :class:`ZooEncoder`, mapping N×C×H×W to N×D.
+
+    Raises
+    ------
+    BadInput
+        If the architecture is unknown or ``in_channels`` is not 1 or 3.
+
+    Examples
+    --------
+    >>> enc = build_encoder("cnn", 1)
+    >>> type(enc).__name__, enc.layer, encoder_dim(enc, (1, 28, 28))
+    ('ZooEncoder', 'relu5', 128)
+    """
     require(arch in ENCODERS, f"unknown encoder {arch!r}; choose one of {', '.join(ENCODERS)}")
     require(in_channels in (1, 3), f"encoders take 1 or 3 input channels, got {in_channels}")
     if arch == "conv":
@@ -126,6 +218,25 @@ def build_encoder(arch: str, in_channels: int, image_size: tuple[int, int] | int
 
 
 def encoder_dim(encoder: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """The embedding size D of ``encoder`` (one probe forward of two zero images in eval mode).
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Maps N×C×H×W to N×D; its train/eval mode is restored afterwards.
+    input_shape : tuple of int
+        ``(C, H, W)`` of one image.
+
+    Returns
+    -------
+    int
+        D.
+
+    Examples
+    --------
+    >>> encoder_dim(ConvEncoder(1, width=8), (1, 28, 28))
+    32
+    """
     dev = model_device(encoder)
     was = encoder.training
     encoder.eval()
@@ -136,7 +247,28 @@ def encoder_dim(encoder: nn.Module, input_shape: tuple[int, int, int]) -> int:
 
 
 def projection_head(dim: int, hidden: int = 128, out: int = 64) -> nn.Module:
-    """SimCLR's 2-layer MLP projection head g."""
+    """SimCLR's 2-layer MLP projection head g (Linear, BatchNorm, ReLU, Linear).
+
+    Parameters
+    ----------
+    dim : int
+        The encoder's embedding size D.
+    hidden : int, default 128
+        Width of the hidden layer.
+    out : int, default 64
+        Size of the projection z on which the loss is computed.
+
+    Returns
+    -------
+    nn.Module
+        Maps N×dim to N×out.
+
+    Examples
+    --------
+    >>> import torch
+    >>> projection_head(128)(torch.zeros(3, 128)).shape
+    torch.Size([3, 64])
+    """
     return nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out))
 
 
@@ -148,7 +280,37 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
     """NT-Xent (normalised temperature-scaled cross entropy, SimCLR Eq. 1) of paired views z1[i] ↔ z2[i].
 
     ``anchors`` (bool, N): average only the terms whose anchor is a view of those pairs (every other view
-    still serves as a negative): one sample's share of a batch's loss, e.g. for gradient-matching poisons."""
+    still serves as a negative): one sample's share of a batch's loss, e.g. for gradient-matching poisons.
+
+    Parameters
+    ----------
+    z1, z2 : torch.Tensor
+        N×D projections of the two views; row i of each is a positive pair. They are L2-normalised
+        here (cosine similarity).
+    temperature : float, default 0.2
+        τ > 0.
+    anchors : torch.Tensor, optional
+        Bool mask of N pairs, at least one true (default ``None``: all 2N anchors).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss, averaged over the anchors (differentiable).
+
+    Raises
+    ------
+    BadInput
+        If the views are not N×D of one shape, τ ≤ 0, or ``anchors`` is not a non-empty mask of N.
+
+    Examples
+    --------
+    Four orthogonal pairs of identical views: each anchor has similarity 1/τ = 5 with its positive
+    and 0 with its 6 negatives, so the loss is log(1 + 6·e⁻⁵):
+
+    >>> import torch
+    >>> round(float(nt_xent(torch.eye(4), torch.eye(4))), 4)
+    0.0396
+    """
     require(z1.shape == z2.shape and z1.ndim == 2, f"views must be N×D of one shape, got {tuple(z1.shape)} "
             f"and {tuple(z2.shape)}")
     require(temperature > 0, f"temperature must be > 0, got {temperature}")
@@ -171,6 +333,39 @@ class SimCLRTrainer:
     """Encoder + projection head + optimiser; ``step(batch)`` is one SimCLR update.
 
     The one SimCLR loop of the workbench: :func:`train_simclr` and the BLTO surrogate both use it.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Maps N×C×H×W to N×D (moved to ``device``).
+    input_shape : tuple of int
+        ``(C, H, W)`` of one image (to size the head).
+    lr : float, default 2e-3
+        Adam's learning rate (encoder and head).
+    temperature : float, default 0.2
+        NT-Xent's τ.
+    augment : Augment, optional
+        The view generator (default ``Augment()``).
+    proj_dim : int, default 64
+        Size of the projection z.
+    device : str or torch.device, default "cpu"
+        Where to train (``"auto"``/``None``: CUDA when present).
+    seed : int, default 0
+        The head is initialised from ``seed + 1``.
+    weight_decay : float, default 1e-5
+        Adam's weight decay.
+
+    Returns
+    -------
+    A SimCLRTrainer; ``loss(x, gen)`` is the NT-Xent of two views of the batch ``x``, ``step(x, gen)``
+    one Adam update returning that loss as a float (``FloatingPointError`` if it is not finite).
+
+    Examples
+    --------
+    >>> import torch
+    >>> trainer = SimCLRTrainer(ConvEncoder(1, width=8), (1, 28, 28))
+    >>> trainer.dim
+    32
     """
 
     def __init__(self, encoder: nn.Module, input_shape: tuple[int, int, int], *, lr: float = 2e-3,
@@ -207,6 +402,26 @@ class SimCLRTrainer:
 
 @dataclass
 class SimCLRResult:
+    """What :func:`train_simclr` returns.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        The trained encoder, in eval mode.
+    head : nn.Module
+        The trained projection head, in eval mode.
+    loss_per_epoch : list of float
+        The mean NT-Xent of each epoch.
+    seconds : float
+        Training wall time.
+    provenance : dict
+        The settings of the run (arch, epochs, batch size, lr, temperature, seed, number of images).
+
+    Returns
+    -------
+    A SimCLRResult (dataclass).
+    """
+
     encoder: nn.Module  # in eval mode
     head: nn.Module
     loss_per_epoch: list[float]
@@ -226,7 +441,46 @@ def train_simclr(images: ImageDataset | torch.Tensor, *, epochs: int = 10, batch
                  lr: float = 2e-3, temperature: float = 0.2, arch: str = "conv", augment: Augment | None = None,
                  seed: int = 0, device: str | torch.device | None = "cpu",
                  progress: Progress | None = None) -> SimCLRResult:
-    """Train an encoder with SimCLR on unlabelled ``images`` (labels, if any, are ignored)."""
+    """Train an encoder with SimCLR on unlabelled ``images`` (labels, if any, are ignored).
+
+    Adam with a cosine learning-rate schedule over all steps; the last partial batch of each epoch is
+    dropped (NT-Xent wants full batches). Deterministic given ``seed``.
+
+    Parameters
+    ----------
+    images : ImageDataset or torch.Tensor
+        N×C×H×W float32 images in [0, 1], N ≥ 2, C of 1 or 3.
+    epochs : int, default 10
+        ≥ 1.
+    batch_size : int, default 256
+        Pairs per step, ≥ 2.
+    lr : float, default 2e-3
+        Adam's initial learning rate.
+    temperature : float, default 0.2
+        NT-Xent's τ, in (0, 100].
+    arch : {"conv", "cnn", "resnet"}, default "conv"
+        The encoder (see :func:`build_encoder`).
+    augment : Augment, optional
+        The view generator (default ``Augment()``).
+    seed : int, default 0
+        Seeds the weights, the shuffling and the augmentations.
+    device : str or torch.device, default "cpu"
+        Where to train.
+    progress : callable, optional
+        ``progress(fraction, message)``, called every few steps.
+
+    Returns
+    -------
+    SimCLRResult
+        The encoder and head (eval mode), losses per epoch, time and provenance.
+
+    Raises
+    ------
+    BadInput
+        If the images are not N×C×H×W float32 with N ≥ 2, or a setting is out of range.
+    FloatingPointError
+        If the loss becomes non-finite.
+    """
     x_all = _images_of(images)
     require(epochs >= 1, f"epochs must be >= 1, got {epochs}")
     require(batch_size >= 2, f"batch_size must be >= 2, got {batch_size}")
@@ -261,7 +515,28 @@ def train_simclr(images: ImageDataset | torch.Tensor, *, epochs: int = 10, batch
 
 @torch.no_grad()
 def encode(encoder: nn.Module, images: ImageDataset | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Frozen features N×D (eval mode, batched), on the CPU."""
+    """Frozen features N×D (eval mode, batched), on the CPU.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Maps N×C×H×W to N×D; its train/eval mode is restored afterwards.
+    images : ImageDataset or torch.Tensor
+        N×C×H×W images (moved batch by batch to the encoder's device).
+    batch_size : int, default 512
+        Images per forward.
+
+    Returns
+    -------
+    torch.Tensor
+        N×D float32 on the CPU, without gradients.
+
+    Examples
+    --------
+    >>> import torch
+    >>> encode(ConvEncoder(1, width=8), torch.zeros(5, 1, 28, 28), batch_size=2).shape
+    torch.Size([5, 32])
+    """
     x = images.images if isinstance(images, ImageDataset) else images
     dev = model_device(encoder)
     was = encoder.training
@@ -273,7 +548,24 @@ def encode(encoder: nn.Module, images: ImageDataset | torch.Tensor, batch_size: 
 
 @dataclass
 class LinearProbe:
-    """Logistic regression on standardised frozen features; ``predict(images)`` encodes first."""
+    """Logistic regression on standardised frozen features; ``predict(images)`` encodes first.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        The frozen encoder.
+    classifier : sklearn.pipeline.Pipeline
+        ``StandardScaler`` then ``LogisticRegression``, fitted on the encoder's features.
+    accuracy : float
+        Accuracy in [0, 1] on the probe's test set.
+    n_train : int
+        Number of training images of the probe.
+
+    Returns
+    -------
+    A LinearProbe (dataclass); ``predict(images)`` gives N labels (int64), ``as_classifier()`` the
+    encoder and probe as one torch module returning logits.
+    """
 
     encoder: nn.Module
     classifier: object  # sklearn Pipeline(StandardScaler, LogisticRegression)
@@ -285,7 +577,16 @@ class LinearProbe:
         return torch.as_tensor(self.classifier.predict(feats), dtype=torch.long)
 
     def as_classifier(self) -> nn.Module:
-        """The encoder and the probe as one torch classifier (logits), e.g. for backdoor metrics."""
+        """The encoder and the probe as one torch classifier (logits), e.g. for backdoor metrics.
+
+        The scaler is folded into the linear layer; a binary probe (one row in scikit-learn) becomes
+        two logits ±(w·x + b)/2, so the softmax equals the probe's probabilities.
+
+        Returns
+        -------
+        nn.Module
+            ``Sequential(encoder, Linear)`` in eval mode, mapping N×C×H×W to N×K logits.
+        """
         scaler, lr = self.classifier[0], self.classifier[-1]
         scale = torch.as_tensor(scaler.scale_, dtype=torch.float32)
         w = torch.as_tensor(lr.coef_, dtype=torch.float32) / scale
@@ -300,7 +601,34 @@ class LinearProbe:
 
 def linear_probe(encoder: nn.Module, train: ImageDataset, test: ImageDataset, *, C: float = 1.0,
                  max_iter: int = 1000) -> LinearProbe:
-    """Fit a logistic regression on frozen features of ``train``; accuracy on ``test``."""
+    """Fit a logistic regression on frozen features of ``train``; accuracy on ``test``.
+
+    The linear evaluation protocol of SimCLR (Chen et al. 2020), with scikit-learn's
+    ``StandardScaler`` and ``LogisticRegression`` on features from :func:`encode`.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        The frozen encoder.
+    train : ImageDataset
+        The probe's training set (at least two classes).
+    test : ImageDataset
+        Where the accuracy is measured.
+    C : float, default 1.0
+        Inverse L2 regularisation strength of the logistic regression.
+    max_iter : int, default 1000
+        The solver's iteration limit.
+
+    Returns
+    -------
+    LinearProbe
+        The fitted probe with its test accuracy.
+
+    Raises
+    ------
+    BadInput
+        If ``train`` has fewer than two classes.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -314,7 +642,35 @@ def linear_probe(encoder: nn.Module, train: ImageDataset, test: ImageDataset, *,
 
 def knn_accuracy(encoder: nn.Module, train: ImageDataset, test: ImageDataset, k: int = 20,
                  temperature: float = 0.1) -> float:
-    """Weighted cosine kNN on frozen features (Wu et al. 2018's protocol, as in SimCLR code bases)."""
+    """Weighted cosine kNN on frozen features (Wu et al. 2018's protocol, as in SimCLR code bases).
+
+    Each test image's ``k`` most cosine-similar training images vote for their labels with weight
+    ``exp(similarity / temperature)``. Wu, Xiong, Yu, Lin, "Unsupervised Feature Learning via
+    Non-Parametric Instance Discrimination", CVPR 2018.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        The frozen encoder.
+    train : ImageDataset
+        The labelled neighbours.
+    test : ImageDataset
+        Where the accuracy is measured (in chunks of 1024).
+    k : int, default 20
+        Neighbours, in [1, len(train)].
+    temperature : float, default 0.1
+        Temperature of the vote weights.
+
+    Returns
+    -------
+    float
+        Accuracy on ``test``, in [0, 1].
+
+    Raises
+    ------
+    BadInput
+        If ``k`` is out of range.
+    """
     require(1 <= k <= len(train), f"k must be in 1..{len(train)}, got {k}")
     ftr = F.normalize(encode(encoder, train), dim=1)
     fte = F.normalize(encode(encoder, test), dim=1)
