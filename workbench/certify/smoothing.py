@@ -41,7 +41,40 @@ Progress = Callable[[float, str], None]
 
 def check_params(sigma: float | None = None, n0: int | None = None, n: int | None = None,
                  alpha: float | None = None, batch_size: int | None = None) -> None:
-    """Raise :class:`BadInput` for σ ≤ 0, n0 or n < 1, α outside (0, 1), batch size < 1."""
+    """Raise :class:`BadInput` for σ ≤ 0, n0 or n < 1, α outside (0, 1), batch size < 1.
+
+    Parameters that are ``None`` are not checked.
+
+    Parameters
+    ----------
+    sigma : float, optional
+        Noise standard deviation σ, finite and > 0.
+    n0 : int, optional
+        Selection samples, an integer ≥ 1.
+    n : int, optional
+        Estimation samples, an integer ≥ 1.
+    alpha : float, optional
+        Failure probability α, in (0, 1).
+    batch_size : int, optional
+        ≥ 1.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        If a given parameter is out of range.
+
+    Examples
+    --------
+    >>> check_params(sigma=0.25, n0=100, n=1000, alpha=0.001)
+    >>> check_params(sigma=0)
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: sigma must be > 0, got 0
+    """
     if sigma is not None:
         require(np.isfinite(sigma) and sigma > 0, f"sigma must be > 0, got {sigma}")
     if n0 is not None:
@@ -61,7 +94,27 @@ def inference_copy(model: nn.Module, probe: torch.Tensor | None = None) -> tuple
 
     With a ``probe`` batch the copy is also *run*: if calling it fails or its logits differ from the
     model's beyond float tolerance (a model that traces but behaves differently, e.g. through Python
-    state the trace froze), the model itself is used."""
+    state the trace froze), the model itself is used.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        The base classifier; its train/eval mode is restored, its weights are not changed.
+    probe : torch.Tensor, optional
+        A few N×C×H×W inputs on the model's device to check the copy against the model.
+
+    Returns
+    -------
+    tuple of (nn.Module, bool)
+        The copy and True (feed it channels-last inputs), or ``model`` itself and False.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> fused, ok = inference_copy(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+    >>> type(fused).__name__, ok
+    ('GraphModule', True)
+    """
     if isinstance(model, ModelAdapter):
         if model.inner is None or model._fn is not None:
             return model, False
@@ -113,6 +166,51 @@ def sample_counts(model: nn.Module, images: torch.Tensor, num: int, sigma: float
 
     All N·num noisy copies are evaluated in batches of ``batch_size`` rows that mix inputs, so a
     batch is always full; counts are accumulated with one ``bincount`` per batch.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The base classifier f (run in eval mode, without gradients; its mode is restored).
+    images : torch.Tensor
+        N×C×H×W inputs in [0, 1], N ≥ 1.
+    num : int
+        Noise draws per input, ≥ 1.
+    sigma : float
+        σ of the Gaussian noise N(0, σ² I), added in pixel space without clipping.
+    num_classes : int, optional
+        K (default: from the model's first output).
+    batch_size : int, default 1000
+        Noisy copies per forward; memory is bounded by it.
+    generator : torch.Generator, optional
+        Source of the noise, on ``device`` (default: seeded with 0).
+    device : str or torch.device, optional
+        Where to run (default: the model's device).
+    progress : callable, optional
+        ``progress(fraction, message)`` after each batch.
+    progress_span : tuple of float, default (0.0, 1.0)
+        The part of the overall progress this call covers.
+    channels_last : bool, default False
+        Feed channels-last inputs (for :func:`inference_copy`'s fused copy).
+
+    Returns
+    -------
+    torch.Tensor
+        N×K int64 counts on the CPU; each row sums to ``num``.
+
+    Raises
+    ------
+    BadInput
+        If a parameter is out of range or ``images`` is not a non-empty N×C×H×W batch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Constant(nn.Module):  # always class 0, whatever the noise
+    ...     def forward(self, x):
+    ...         return torch.tensor([[2.0, 0.0]]).expand(len(x), 2)
+    >>> sample_counts(Constant(), torch.rand(2, 1, 4, 4), 50, 0.25).tolist()
+    [[50, 0], [50, 0]]
     """
     check_params(sigma=sigma, n=num, batch_size=batch_size)
     require(images.ndim == 4 and images.shape[0] > 0,
@@ -154,6 +252,27 @@ def lower_confidence_bound(n_a, n: int, alpha: float) -> np.ndarray:
 
     Equals ``proportion_confint(n_a, n, alpha=2*alpha, method="beta")[0]`` (the reference's call):
     the α-quantile of Beta(n_a, n − n_a + 1), and 0 for n_a = 0.
+
+    Parameters
+    ----------
+    n_a : int or array-like of int
+        Successes, each in [0, n].
+    n : int
+        Trials.
+    alpha : float
+        α in (0, 1): the bound holds with probability ≥ 1 − α.
+
+    Returns
+    -------
+    numpy.ndarray
+        The lower bounds, ``n_a``'s shape, in [0, 1].
+
+    Examples
+    --------
+    With n_a = n the bound is α^(1/n):
+
+    >>> lower_confidence_bound([0, 990, 1000], 1000, 0.001).round(4).tolist()
+    [0.0, 0.976, 0.9931]
     """
     n_a = np.asarray(n_a, dtype=float)
     with np.errstate(invalid="ignore"):
@@ -165,7 +284,40 @@ def certify_from_counts(counts_selection: torch.Tensor, counts_estimation: torch
                         sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CERTIFY's decision on given counts: ``(class or -1, L2 radius, p̲_A)`` per input.
 
-    ĉ_A is the first index of the largest selection count (NumPy's/torch's ``argmax``).
+    ĉ_A is the first index of the largest selection count (NumPy's/torch's ``argmax``). The input is
+    certified when p̲_A ≥ 1/2, with radius σ·Φ⁻¹(p̲_A); otherwise the class is -1 and the radius 0.
+
+    Parameters
+    ----------
+    counts_selection : torch.Tensor
+        N×K counts of the n0 selection draws (they pick ĉ_A).
+    counts_estimation : torch.Tensor
+        N×K counts of the n estimation draws (they bound p_A).
+    n : int
+        Estimation draws per input (each row of ``counts_estimation`` sums to it).
+    alpha : float
+        α in (0, 1).
+    sigma : float
+        σ > 0 of the noise.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Classes N (int64, -1 = abstain), L2 radii N (float32) and p̲_A N (float32).
+
+    Raises
+    ------
+    BadInput
+        If ``n``, ``alpha`` or ``sigma`` is out of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sel = torch.tensor([[10, 0], [5, 5]])
+    >>> est = torch.tensor([[1000, 0], [480, 520]])
+    >>> cls, radius, p_lower = certify_from_counts(sel, est, n=1000, alpha=0.001, sigma=0.5)
+    >>> cls.tolist(), [round(r, 4) for r in radius.tolist()], [round(p, 4) for p in p_lower.tolist()]
+    ([0, -1], [1.2316, 0.0], [0.9931, 0.4309])
     """
     check_params(sigma=sigma, n=n, alpha=alpha)
     c_hat = counts_selection.argmax(1)
@@ -183,6 +335,30 @@ def predict_from_counts(counts: torch.Tensor, alpha: float) -> tuple[torch.Tenso
 
     The top two counts (largest first) go into a two-sided exact binomial test of p = 1/2; the
     model abstains if the p-value exceeds α. A tie between the top two always abstains (p = 1).
+
+    Parameters
+    ----------
+    counts : torch.Tensor
+        N×K counts, K ≥ 2.
+    alpha : float
+        α in (0, 1).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Classes N (int64, -1 = abstain) and p-values N (float64).
+
+    Raises
+    ------
+    BadInput
+        If α is out of range or K < 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cls, p = predict_from_counts(torch.tensor([[90, 10], [50, 50]]), alpha=0.001)
+    >>> cls.tolist(), p[1].item()
+    ([0, -1], 1.0)
     """
     check_params(alpha=alpha)
     top2 = counts.topk(2, dim=1) if counts.shape[1] >= 2 else None
@@ -213,6 +389,57 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
     Returns a :class:`CertificationResult` with the certified class (or -1), the L2 radius, and in
     ``extra`` the selection and estimation counts and p̲_A. ``fuse`` evaluates the noisy copies with
     :func:`inference_copy` (Conv+BN folded, channels-last), the model itself is left untouched.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The base classifier f, taking [0, 1] pixel images.
+    images : torch.Tensor
+        N×C×H×W inputs in [0, 1], N ≥ 1.
+    sigma : float
+        σ > 0 of the noise (in pixel units).
+    n0 : int, default 100
+        Selection draws per input.
+    n : int, default 1000
+        Estimation draws per input; the largest radius possible is σ·Φ⁻¹(α^(1/n)).
+    alpha : float, default 0.001
+        α in (0, 1): each certificate is wrong with probability at most α.
+    labels : torch.Tensor, optional
+        N true labels (for the accuracy metrics).
+    batch_size : int, default 1000
+        Noisy copies per forward.
+    seed : int, default 0
+        Seed of the noise generator.
+    device : str or torch.device, optional
+        Where to run (default: the model's device).
+    fuse : bool, default True
+        Evaluate a fused inference copy.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    CertificationResult
+        ``method="smoothing"``, ``norm="l2"``; ``extra`` holds ``counts_selection``,
+        ``counts_estimation`` (N×K) and ``p_lower`` (N).
+
+    Raises
+    ------
+    BadInput
+        If a parameter is out of range or ``images`` is not a non-empty N×C×H×W batch.
+
+    Examples
+    --------
+    A constant classifier is certified with the largest radius n allows, σ·Φ⁻¹(α^(1/n)):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> class Constant(nn.Module):  # always class 0, whatever the noise
+    ...     def forward(self, x):
+    ...         return torch.tensor([[2.0, 0.0]]).expand(len(x), 2)
+    >>> res = certify(Constant(), torch.rand(3, 1, 4, 4), 0.25, n0=10, n=100, labels=torch.tensor([0, 0, 1]))
+    >>> res.predictions.tolist(), round(res.radii[0].item(), 4), round(res.accuracy, 4)
+    ([0, 0, 0], 0.3751, 0.6667)
     """
     check_params(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
     require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
@@ -238,7 +465,53 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
 def predict(model: nn.Module, images: torch.Tensor, sigma: float, *, n: int = 1000, alpha: float = 0.001,
             labels: torch.Tensor | None = None, batch_size: int = 1000, seed: int = 0, device=None,
             fuse: bool = True, progress: Progress | None = None) -> CertificationResult:
-    """The smoothed classifier's PREDICT on every input (no radius: ``radii`` are 0)."""
+    """The smoothed classifier's PREDICT on every input (no radius: ``radii`` are 0).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The base classifier f, taking [0, 1] pixel images.
+    images : torch.Tensor
+        N×C×H×W inputs in [0, 1], N ≥ 1.
+    sigma : float
+        σ > 0 of the noise.
+    n : int, default 1000
+        Noise draws per input.
+    alpha : float, default 0.001
+        α in (0, 1): the probability of returning a class other than g(x) is at most α.
+    labels : torch.Tensor, optional
+        N true labels.
+    batch_size : int, default 1000
+        Noisy copies per forward.
+    seed : int, default 0
+        Seed of the noise generator.
+    device : str or torch.device, optional
+        Where to run (default: the model's device).
+    fuse : bool, default True
+        Evaluate a fused inference copy.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    CertificationResult
+        ``method="smoothing-predict"``; ``extra`` holds ``counts`` (N×K) and ``p_value`` (N).
+
+    Raises
+    ------
+    BadInput
+        If a parameter is out of range or ``images`` is not a non-empty N×C×H×W batch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Constant(nn.Module):  # always class 0, whatever the noise
+    ...     def forward(self, x):
+    ...         return torch.tensor([[2.0, 0.0]]).expand(len(x), 2)
+    >>> predict(Constant(), torch.rand(2, 1, 4, 4), 0.25, n=100).predictions.tolist()
+    [0, 0]
+    """
     check_params(sigma=sigma, n=n, alpha=alpha, batch_size=batch_size)
     model = as_model(model)
     require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
@@ -265,6 +538,41 @@ def certify_one_at_a_time(model: nn.Module, images: torch.Tensor, sigma: float, 
     most ``batch_size`` copies of that one input, counts them with NumPy and decides with the same
     formulas. Its noise stream differs from :func:`certify`'s, so results agree in distribution (and
     exactly on a deterministic base classifier), not draw for draw.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The base classifier, on the CPU (put in eval mode).
+    images : torch.Tensor
+        N×C×H×W inputs.
+    sigma : float
+        σ of the noise.
+    n0 : int, default 100
+        Selection draws per input.
+    n : int, default 1000
+        Estimation draws per input.
+    alpha : float, default 0.001
+        α in (0, 1).
+    batch_size : int, default 1000
+        Most copies of one input per forward.
+    seed : int, default 0
+        Seed of the noise generator.
+
+    Returns
+    -------
+    tuple of (list of int, list of float)
+        Classes (-1 = abstain) and L2 radii, one per input.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> class Constant(nn.Module):  # always class 0, whatever the noise
+    ...     def forward(self, x):
+    ...         return torch.tensor([[2.0, 0.0]]).expand(len(x), 2)
+    >>> classes, radii = certify_one_at_a_time(Constant(), torch.rand(2, 1, 4, 4), 0.25, n0=10, n=100)
+    >>> classes, [round(r, 4) for r in radii]
+    ([0, 0], [0.3751, 0.3751])
     """
     gen = torch.Generator().manual_seed(seed)
     model.eval()
