@@ -25,6 +25,42 @@ class CertificationResult:
     smoothing, L∞ ε for interval bounds; 0 where abstaining); ``labels``: true labels or None;
     ``base_predictions``: the undefended base model's argmax on the inputs; ``extra``: method-specific
     arrays (vote counts, p-lower bounds, margin bounds).
+
+    Parameters
+    ----------
+    method : str
+        ``"smoothing"``, ``"smoothing-predict"`` or ``"ibp"``.
+    norm : str
+        ``"l2"`` or ``"linf"``: the norm of the radii.
+    predictions : torch.Tensor
+        N certified classes (int64), :data:`ABSTAIN` (-1) where abstaining.
+    radii : torch.Tensor
+        N certified radii ≥ 0 (0 where abstaining).
+    labels : torch.Tensor or None
+        N true labels; without them the accuracy metrics are NaN.
+    base_predictions : torch.Tensor or None
+        N argmax predictions of the undefended base model.
+    params : dict
+        The certifier's settings (σ, n, α, ε, seed, ...).
+    seconds : float, default 0.0
+        Wall time of the certification.
+    extra : dict, default {}
+        Method-specific arrays.
+
+    Returns
+    -------
+    A CertificationResult (dataclass). Properties: ``abstain_rate``, ``accuracy`` (abstentions count as
+    errors), ``base_accuracy``, ``average_certified_radius``; methods ``certified_accuracy(r)``,
+    ``certified_curve()``, ``summary()`` and ``report_sections()``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> res = CertificationResult("smoothing", "l2", predictions=torch.tensor([0, 1, -1, 2]),
+    ...                           radii=torch.tensor([0.5, 0.2, 0.0, 1.0]), labels=torch.tensor([0, 1, 1, 0]),
+    ...                           base_predictions=torch.tensor([0, 1, 1, 2]), params={"sigma": 0.25})
+    >>> res.accuracy, res.abstain_rate, res.certified_accuracy(0.3), round(res.average_certified_radius, 4)
+    (0.5, 0.25, 0.25, 0.175)
     """
 
     method: str  # "smoothing" | "smoothing-predict" | "ibp"
@@ -64,14 +100,38 @@ class CertificationResult:
         return float((self.base_predictions == self.labels).float().mean())
 
     def certified_accuracy(self, radius: float) -> float:
-        """Share of inputs certified correct with radius >= ``radius``."""
+        """Share of inputs certified correct with radius >= ``radius``.
+
+        Parameters
+        ----------
+        radius : float
+            The radius r ≥ 0.
+
+        Returns
+        -------
+        float
+            Certified accuracy at r, in [0, 1] (NaN without labels).
+        """
         if self.labels is None:
             return float("nan")
         ok = (self.predictions == self.labels) & (self.radii >= radius) & ~self.abstained
         return float(ok.float().mean())
 
     def certified_curve(self, radii=None, points: int = 41) -> tuple[np.ndarray, np.ndarray]:
-        """``(radii, certified accuracy)`` over a grid (default: 0 .. the largest radius)."""
+        """``(radii, certified accuracy)`` over a grid (default: 0 .. the largest radius).
+
+        Parameters
+        ----------
+        radii : array-like, optional
+            The radii to evaluate (default: ``points`` values from 0 to 1.05 × the largest radius).
+        points : int, default 41
+            Grid size when ``radii`` is not given.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            The radii and the certified accuracy at each.
+        """
         if radii is None:
             top = float(self.radii.max()) if len(self) else 0.0
             radii = np.linspace(0.0, max(top, 1e-6) * 1.05, points)
@@ -120,7 +180,20 @@ def _pct(v: float) -> str:
 
 
 def curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str = "radius"):
-    """A matplotlib figure of certified accuracy against radius, one line per entry."""
+    """A matplotlib figure of certified accuracy against radius, one line per entry.
+
+    Parameters
+    ----------
+    curves : dict of str to (numpy.ndarray, numpy.ndarray)
+        Name → (radii, certified accuracy in [0, 1]); drawn as steps, in percent.
+    xlabel : str, default "radius"
+        The x-axis label (e.g. ``"L2 radius"``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (Agg backend; see :func:`workbench.report.figure_png`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
