@@ -57,6 +57,28 @@ INPUT_RANGE = (0.0, 1.0)  # the valid input range: every dataset of the workbenc
 
 
 def check_eps(eps: float) -> float:
+    """Check an L∞ radius ε: a finite number ≥ 0.
+
+    Parameters
+    ----------
+    eps : float
+        The radius.
+
+    Returns
+    -------
+    float
+        ``eps`` as a float.
+
+    Raises
+    ------
+    BadInput
+        If ``eps`` is not a number, NaN, negative or infinite.
+
+    Examples
+    --------
+    >>> check_eps(0.1)
+    0.1
+    """
     require(isinstance(eps, (int, float)) and eps == eps and eps >= 0, f"epsilon must be >= 0, got {eps}")
     require(math.isfinite(eps), f"epsilon must be a finite number >= 0, got {eps}")
     return float(eps)
@@ -65,7 +87,31 @@ def check_eps(eps: float) -> float:
 def check_inputs(images: torch.Tensor, input_range: tuple[float, float] = INPUT_RANGE) -> tuple[float, float]:
     """Interval bounds clip the ε-box to the valid input range, so every input must lie inside it:
     a normalised input (e.g. in [−0.42, 2.8]) would be clipped to a box that no longer contains it
-    and "certified" from the wrong place. BadInput for inputs outside the range (or NaN)."""
+    and "certified" from the wrong place. BadInput for inputs outside the range (or NaN).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        The inputs, any shape.
+    input_range : tuple of float, default (0.0, 1.0)
+        ``(low, high)`` with low < high.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``.
+
+    Raises
+    ------
+    BadInput
+        If low ≥ high, or a value lies outside the range (the message gives the values' range).
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_inputs(torch.tensor([0.0, 0.5, 1.0]))
+    (0.0, 1.0)
+    """
     lo, hi = (float(v) for v in input_range)
     require(lo < hi, f"the valid input range must have low < high, got {input_range}")
     if images.numel():
@@ -78,7 +124,31 @@ def check_inputs(images: torch.Tensor, input_range: tuple[float, float] = INPUT_
 
 def check_batch_independent(model: nn.Module) -> None:
     """A BatchNorm without running statistics normalises with the statistics of the batch even in eval
-    mode, so one input's output depends on the others and per-input bounds would be unsound."""
+    mode, so one input's output depends on the others and per-input bounds would be unsound.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model, in the mode it will be bounded in (BatchNorms in training mode are allowed: they are
+        bounded with the clean batch's statistics).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        Naming the first BatchNorm in eval mode without running statistics.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> check_batch_independent(nn.Sequential(nn.BatchNorm2d(1, track_running_stats=False)).eval())
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: interval bounds cannot certify layer '0': a BatchNorm2d without running statistics (track_running_stats=False) normalises each input with its batch's statistics, so its output depends on the other inputs
+    """
     for name, mod in model.named_modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and mod.running_mean is None:
             raise BadInput(f"interval bounds cannot certify layer {name!r}: a {type(mod).__name__} without running "
@@ -87,7 +157,38 @@ def check_batch_independent(model: nn.Module) -> None:
 
 
 def layer_plan(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The layers IBP walks, in execution order; BadInput names the first unsupported layer and its type."""
+    """The layers IBP walks, in execution order; BadInput names the first unsupported layer and its type.
+
+    Containers (``nn.Sequential``, the zoo's nets) are walked in registration order; a
+    :class:`BasicBlock` is one step (its layers are checked); an adapter contributes its resize and
+    normalisation first.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        The model (an adapter must wrap an ``nn.Module``, not a callable).
+
+    Returns
+    -------
+    list of (str, nn.Module)
+        The layers with their dotted names.
+
+    Raises
+    ------
+    BadInput
+        For a layer type outside :data:`SUPPORTED_NAMES`, a convolution whose padding is not zeros, or
+        ``MaxPool2d(return_indices=True)``.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> [name for name, _ in layer_plan(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))]
+    ['0', '1']
+    >>> layer_plan(nn.Sequential(nn.GELU()))
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: interval bound propagation does not support layer '0' of type GELU; supported: Linear, Conv2d, ReLU, Flatten, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d, Identity, Dropout, Sequential, SmallCNN, SmallResNet, BasicBlock
+    """
     plan: list[tuple[str, nn.Module]] = []
 
     def visit(name: str, mod: nn.Module) -> None:
@@ -179,6 +280,45 @@ def propagate(model: nn.Module, images: torch.Tensor, eps: float, *, clean: bool
     Returns ``(clean_logits or None, lower, upper, last)``: with ``elide_last`` and a final Linear
     layer, ``lower``/``upper`` bound its *input* and ``last`` is that layer (for the margin
     specification); otherwise they bound the logits and ``last`` is None.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        A model of supported layers (see :func:`layer_plan`).
+    images : torch.Tensor
+        N×C×H×W inputs inside ``input_range``.
+    eps : float
+        The L∞ radius ε ≥ 0.
+    clean : bool, default True
+        Also run the clean inputs (needed for the logits and for BatchNorm in training mode).
+    elide_last : bool, default True
+        Stop before a final ``nn.Linear`` (folded into the margin specification).
+    input_range : tuple of float, default (0.0, 1.0)
+        Where valid inputs live; the ε-box is clipped to it and inputs outside it are refused.
+
+    Returns
+    -------
+    tuple
+        ``(logits, lower, upper, last)``: clean logits N×K (``None`` with ``clean=False``), the bounds
+        (same shape as the bounded layer's output) and the elided ``nn.Linear`` or ``None``.
+
+    Raises
+    ------
+    BadInput
+        For ε < 0, inputs outside the range, unsupported or batch-dependent layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))  # z0 = x0 - x1 + 1, z1 = 0
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    ...     _ = net[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    >>> x = torch.full((1, 1, 1, 2), 0.5)
+    >>> logits, lower, upper, last = propagate(net, x, 0.1)
+    >>> logits.tolist(), [round(v, 4) for v in lower[0].tolist()], type(last).__name__
+    ([[1.0, 0.0]], [0.4, 0.4], 'Linear')
     """
     check_eps(eps)
     r_lo, r_hi = check_inputs(images, input_range)
@@ -195,7 +335,33 @@ def propagate(model: nn.Module, images: torch.Tensor, eps: float, *, clean: bool
 
 
 def margin_bounds_from(lo: torch.Tensor, hi: torch.Tensor, last: nn.Linear | None, classes: torch.Tensor) -> torch.Tensor:
-    """Lower bounds N×K of z_c − z_j for the class c of each row (+inf at j = c)."""
+    """Lower bounds N×K of z_c − z_j for the class c of each row (+inf at j = c).
+
+    With an elided last layer the specification c = e_c − e_j is folded into its weights (Gowal et
+    al. Eq. 8): (W_c − W_j)·μ − |W_c − W_j|·r + b_c − b_j over the penultimate box; without one,
+    lo_c − hi_j.
+
+    Parameters
+    ----------
+    lo, hi : torch.Tensor
+        N×D bounds of the last layer's input (or N×K bounds of the logits when ``last`` is None).
+    last : nn.Linear or None
+        The elided final layer.
+    classes : torch.Tensor
+        N classes c (int64).
+
+    Returns
+    -------
+    torch.Tensor
+        N×K lower bounds; +inf in column c.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lo, hi = torch.tensor([[0.8, 0.0]]), torch.tensor([[1.2, 0.1]])
+    >>> margin_bounds_from(lo, hi, None, torch.tensor([0])).tolist()
+    [[inf, 0.699999988079071]]
+    """
     if last is None:  # bounds on the logits themselves: z_c − z_j >= lo_c − hi_j
         lb = lo.gather(1, classes[:, None]) - hi
     else:
@@ -210,7 +376,50 @@ def margin_bounds_from(lo: torch.Tensor, hi: torch.Tensor, last: nn.Linear | Non
 def margin_lower_bounds(model: nn.Module, images: torch.Tensor, eps: float, classes: torch.Tensor | None = None,
                         elide_last: bool = True, input_range: tuple[float, float] = INPUT_RANGE
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lower bounds N×K of z_p − z_j, p)`` with p = ``classes`` or the model's clean prediction."""
+    """``(lower bounds N×K of z_p − z_j, p)`` with p = ``classes`` or the model's clean prediction.
+
+    p is certified at ε iff every entry of its row (other than the +inf at p) is > 0.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        A model of supported layers.
+    images : torch.Tensor
+        N×C×H×W inputs inside ``input_range``.
+    eps : float
+        The L∞ radius ε ≥ 0.
+    classes : torch.Tensor, optional
+        N classes p (default: the clean argmax).
+    elide_last : bool, default True
+        Fold a final ``nn.Linear`` into the specification (tighter bounds).
+    input_range : tuple of float, default (0.0, 1.0)
+        Where valid inputs live; the ε-box is clipped to it and inputs outside it are refused.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The N×K lower bounds (+inf at p) and the N classes p.
+
+    Raises
+    ------
+    BadInput
+        As :func:`propagate`.
+
+    Examples
+    --------
+    The margin z0 − z1 = x0 − x1 + 1 is at least 1 − 2ε on the box:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))  # z0 = x0 - x1 + 1, z1 = 0
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    ...     _ = net[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    >>> x = torch.full((1, 1, 1, 2), 0.5)
+    >>> lower, p = margin_lower_bounds(net, x, 0.1)
+    >>> p.tolist(), round(lower[0, 1].item(), 4)
+    ([0], 0.8)
+    """
     logits, lo, hi, last = propagate(model, images, eps, elide_last=elide_last, input_range=input_range)
     p = logits.argmax(1) if classes is None else classes.to(images.device)
     return margin_bounds_from(lo, hi, last, p), p
@@ -218,7 +427,42 @@ def margin_lower_bounds(model: nn.Module, images: torch.Tensor, eps: float, clas
 
 def logit_bounds(model: nn.Module, images: torch.Tensor, eps: float,
                  input_range: tuple[float, float] = INPUT_RANGE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain interval bounds on every logit (no elision)."""
+    """Plain interval bounds on every logit (no elision).
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        A model of supported layers.
+    images : torch.Tensor
+        N×C×H×W inputs inside ``input_range``.
+    eps : float
+        The L∞ radius ε ≥ 0.
+    input_range : tuple of float, default (0.0, 1.0)
+        Where valid inputs live; the ε-box is clipped to it and inputs outside it are refused.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Lower and upper bounds, each N×K.
+
+    Raises
+    ------
+    BadInput
+        As :func:`propagate`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))  # z0 = x0 - x1 + 1, z1 = 0
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    ...     _ = net[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    >>> x = torch.full((1, 1, 1, 2), 0.5)
+    >>> lower, upper = logit_bounds(net, x, 0.1)
+    >>> [round(v, 4) for v in lower[0].tolist()], [round(v, 4) for v in upper[0].tolist()]
+    ([0.8, 0.0], [1.2, 0.0])
+    """
     _, lo, hi, _ = propagate(model, images, eps, clean=False, elide_last=False, input_range=input_range)
     return lo, hi
 
@@ -232,6 +476,52 @@ def certify(model: nn.Module, images: torch.Tensor, eps: float | list[float], *,
     With a list of ε values the radius of an input is the largest ε of the grid at which it is
     certified (bounds only widen with ε); it abstains if it is not certified at the smallest.
     ``input_range``: where valid inputs live (the ε-box is clipped to it); inputs outside it are refused.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        A model of supported layers (see :func:`layer_plan`); run in eval mode, its mode restored.
+    images : torch.Tensor
+        N×C×H×W inputs inside ``input_range``, N ≥ 1.
+    eps : float or list of float
+        One radius ε ≥ 0, or a grid of them.
+    labels : torch.Tensor, optional
+        N true labels (for the accuracy metrics).
+    batch_size : int, default 256
+        Inputs per bound computation, ≥ 1.
+    device : str or torch.device, optional
+        Where to run (default: the model's device).
+    progress : callable, optional
+        ``progress(fraction, message)`` after each batch.
+    input_range : tuple of float, default (0.0, 1.0)
+        Where valid inputs live; the ε-box is clipped to it and inputs outside it are refused.
+
+    Returns
+    -------
+    CertificationResult
+        ``method="ibp"``, ``norm="linf"``; radii are grid values (0 where abstaining); ``extra`` holds
+        ``min_margin_lower_bound`` (N × grid size) and ``eps_grid``.
+
+    Raises
+    ------
+    BadInput
+        For an empty grid, a negative ε, an empty or non-4-D batch, unsupported or batch-dependent
+        layers, or inputs outside the range.
+
+    Examples
+    --------
+    The box is clipped to [0, 1], so at ε = 0.6 the margin's lower bound is 1 − 1 = 0, not > 0:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))  # z0 = x0 - x1 + 1, z1 = 0
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    ...     _ = net[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    >>> x = torch.full((1, 1, 1, 2), 0.5)
+    >>> res = certify(net, x, [0.1, 0.3, 0.6], labels=torch.tensor([0]))
+    >>> res.predictions.tolist(), round(res.radii[0].item(), 4)
+    ([0], 0.3)
     """
     grid = sorted(check_eps(float(e)) for e in (eps if isinstance(eps, (list, tuple)) else [eps]))
     require(len(grid) > 0, "give at least one epsilon")
@@ -317,7 +607,33 @@ def _mixed_loss(logits, lo, hi, last, y, kappa: float) -> torch.Tensor:
 
 def ibp_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, kappa: float = 0.5) -> torch.Tensor:
     """The IBP training loss at a fixed ε and κ (the end of :func:`train_ibp`'s schedule), differentiable in
-    the parameters and in ``x`` (e.g. for gradient-matching poisons against an IBP-trained victim)."""
+    the parameters and in ``x`` (e.g. for gradient-matching poisons against an IBP-trained victim).
+
+    κ·CE(z(x), y) + (1 − κ)·CE(ẑ(x, ε), y), ẑ the worst-case logits from the margin bounds.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model of supported layers.
+    x : torch.Tensor
+        N×C×H×W inputs in [0, 1].
+    y : torch.Tensor
+        N labels.
+    eps : float
+        The L∞ radius ε ≥ 0.
+    kappa : float, default 0.5
+        Weight κ of the clean cross entropy, in [0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+
+    Raises
+    ------
+    BadInput
+        As :func:`propagate`.
+    """
     logits, lo, hi, last = propagate(model, x, check_eps(eps))
     return _mixed_loss(logits, lo, hi, last, y, kappa)
 
@@ -326,7 +642,51 @@ def train_ibp(model: nn.Module, data, eps: float, *, epochs: int = 6, warmup: fl
               kappa_end: float = 0.5,
               batch_size: int = 128, lr: float = 3e-3, seed: int = 0, device="cpu", transform=None,
               progress: Progress | None = None) -> FitHistory:
-    """IBP training (Gowal et al. 2018, Eq. 9) in place, through the shared training loop."""
+    """IBP training (Gowal et al. 2018, Eq. 9) in place, through the shared training loop.
+
+    Clean steps for the first ``warmup`` share of all steps; then ε ramps linearly from 0 to ``eps``
+    and κ from 1 to ``kappa_end`` until the ``ramp`` share; the rest trains at the final values. The
+    model is left in eval mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model of supported layers (see :func:`layer_plan`); trained in place.
+    data : ImageDataset or tuple of torch.Tensor
+        The training set (images in [0, 1] and labels), as :func:`workbench.training.fit` takes it.
+    eps : float
+        The final L∞ radius ε ≥ 0.
+    epochs : int, default 6
+        Passes over the data.
+    warmup : float, default 0.1
+        Share of the steps trained clean; 0 ≤ warmup < ramp.
+    ramp : float, default 0.6
+        Share of the steps at which ε and κ reach their final values; ≤ 1.
+    kappa_end : float, default 0.5
+        The final κ.
+    batch_size : int, default 128
+        Examples per step.
+    lr : float, default 3e-3
+        AdamW's learning rate.
+    seed : int, default 0
+        Seed of the shuffling.
+    device : str or torch.device, default "cpu"
+        Where to train.
+    transform : callable, optional
+        A batch augmentation, as for :func:`workbench.training.fit`.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    FitHistory
+        The training loop's history (loss and training accuracy per epoch, seconds).
+
+    Raises
+    ------
+    BadInput
+        For ε < 0, unsupported layers, or not 0 ≤ warmup < ramp ≤ 1.
+    """
     eps = check_eps(eps)
     layer_plan(model)
     n = len(data) if not isinstance(data, tuple) else len(data[0])
@@ -344,7 +704,37 @@ def ibp_small_cnn(in_channels: int = 1, num_classes: int = 10, image_size: int =
     """The "small" IBP model of Gowal et al. (2018, Table 1), adapted to any even image size: two 4×4
     stride-2 convolutions (width, 2·width channels), a 100-unit hidden layer and the output layer, no
     BatchNorm. The zoo's deeper BatchNorm CNN trains poorly with IBP in a CPU budget (its bounds grow
-    too fast with depth); this one is what :func:`attacks.availability.train_victim` trains for IBP."""
+    too fast with depth); this one is what :func:`attacks.availability.train_victim` trains for IBP.
+
+    Parameters
+    ----------
+    in_channels : int, default 1
+        Image channels.
+    num_classes : int, default 10
+        Number of logits.
+    image_size : int, default 28
+        Side of the square images, a multiple of 4, ≥ 8.
+    width : int, default 16
+        Channels of the first convolution.
+    seed : int or None, default 0
+        Seed of the weight initialisation (``None``: the global RNG).
+
+    Returns
+    -------
+    nn.Sequential
+        Maps N×C×S×S to logits N×K.
+
+    Raises
+    ------
+    BadInput
+        If ``image_size`` is not a multiple of 4 that is ≥ 8.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ibp_small_cnn()(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
     require(image_size >= 8 and image_size % 4 == 0, f"image size must be a multiple of 4 >= 8, got {image_size}")
     ctx = torch.random.fork_rng(devices=[]) if seed is not None else None
     if ctx is not None:
