@@ -43,7 +43,27 @@ TargetSpec = int | Sequence[int] | torch.Tensor | None
 
 @dataclass
 class LayerCapture:
-    """What one forward (+ backward) saw: per-layer activations, gradients, layer inputs; the logits."""
+    """What one forward (+ backward) saw: per-layer activations, gradients, layer inputs; the logits.
+
+    Parameters
+    ----------
+    activations : dict of str to torch.Tensor
+        Each layer's output as N×C×h×w (already read through its layout), detached.
+    gradients : dict of str to torch.Tensor, default {}
+        ∂(target logit)/∂(activation), same shapes (gradient methods only).
+    inputs : dict of str to torch.Tensor, default {}
+        Each layer's input, detached (methods with ``needs_layer_inputs``).
+    logits : torch.Tensor, optional
+        N×K logits of the forward.
+    target : torch.Tensor, optional
+        The N classes explained.
+    layouts : dict of str to str, default {}
+        How each layer's output was read (``nchw``, ``nhwc``, ``tokens (…)``).
+
+    Returns
+    -------
+    A LayerCapture (dataclass), what :meth:`LayerSaliency.capture` returns.
+    """
 
     activations: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -56,7 +76,28 @@ class LayerCapture:
 
 @contextmanager
 def eval_mode(model: nn.Module):
-    """Run ``model`` in eval mode (BatchNorm statistics frozen), restoring every module's flag after."""
+    """Run ``model`` in eval mode (BatchNorm statistics frozen), restoring every module's flag after.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager of nn.Module
+        Yields ``model``, in eval mode inside the block.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.BatchNorm2d(1)).train()
+    >>> with eval_mode(net) as m:
+    ...     print(m.training)
+    False
+    >>> net.training
+    True
+    """
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -68,7 +109,29 @@ def eval_mode(model: nn.Module):
 
 def spatial_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
     """Names of the layers whose output can be read as N×C×H×W (N×C×H×W, channels-last or tokens):
-    the ones saliency maps can be taken at."""
+    the ones saliency maps can be taken at.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        The model (one probe forward, see :func:`workbench.layers.describe_layers`).
+    input_shape : tuple of int
+        ``(C, H, W)`` of one input.
+
+    Returns
+    -------
+    list of str
+        Layer names in registration order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> spatial_layers(net, (1, 8, 8))
+    ['0', '1', '2']
+    """
     out = []
     hw = tuple(input_shape[-2:])
     for info in describe_layers(model, tuple(input_shape)):
@@ -84,7 +147,37 @@ def spatial_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
 
 
 def resolve_default_layers(model, layers, input_shape: tuple[int, ...] | None):
-    """``layers``, or the model's default CAM layer (declared, or found on a probe of ``input_shape``)."""
+    """``layers``, or the model's default CAM layer (declared, or found on a probe of ``input_shape``).
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        The model.
+    layers : str, nn.Module, sequence of them, or None
+        The layers asked for; returned as they are unless ``None``.
+    input_shape : tuple of int or None
+        ``(C, H, W)`` for the probe (default: the adapter's ``input_shape``).
+
+    Returns
+    -------
+    str, nn.Module or sequence
+        ``layers``, the declared ``default_cam_layer``, or the one :func:`workbench.layers.default_cam_layer`
+        finds.
+
+    Raises
+    ------
+    BadInput
+        If no layer is given or declared and no input shape is known.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> resolve_default_layers(net, None, (1, 8, 8))
+    '1'
+    """
     if layers is not None:
         return layers
     declared = getattr(model, "default_cam_layer", None)
@@ -97,6 +190,25 @@ def resolve_default_layers(model, layers, input_shape: tuple[int, ...] | None):
 
 
 def check_inputs(inputs, model: nn.Module) -> torch.Tensor:
+    """Check a batch of images for a saliency method and move it to the model's device.
+
+    Parameters
+    ----------
+    inputs : torch.Tensor
+        N×C×H×W floating-point images, N ≥ 1.
+    model : nn.Module
+        The model (for its device).
+
+    Returns
+    -------
+    torch.Tensor
+        ``inputs`` detached, on the model's device.
+
+    Raises
+    ------
+    BadInput
+        If ``inputs`` is not a non-empty 4-D floating-point tensor.
+    """
     require(isinstance(inputs, torch.Tensor), f"inputs must be a tensor N×C×H×W, got {type(inputs).__name__}")
     require(inputs.ndim == 4, f"inputs must be N×C×H×W images, got shape {tuple(inputs.shape)}")
     require(inputs.shape[0] > 0, "no images given")
@@ -105,7 +217,34 @@ def check_inputs(inputs, model: nn.Module) -> torch.Tensor:
 
 
 def check_target_length(target: TargetSpec, n: int) -> torch.Tensor | int | None:
-    """Validate the target's form and length (range is checked once the class count is known)."""
+    """Validate the target's form and length (range is checked once the class count is known).
+
+    Parameters
+    ----------
+    target : int, sequence of int, torch.Tensor or None
+        ``None`` (the predicted class), one class for all images, or one class per image.
+    n : int
+        The number of images.
+
+    Returns
+    -------
+    torch.Tensor, int or None
+        ``None``, an int, or N int64 indices.
+
+    Raises
+    ------
+    BadInput
+        For a bool, a non-integer or multi-dimensional target, or a length other than ``n``.
+
+    Examples
+    --------
+    >>> check_target_length([0, 2], 2)
+    tensor([0, 2])
+    >>> check_target_length([0, 2], 3)
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: got 3 images but 2 targets: give one target per image (or a single int for all)
+    """
     if target is None:
         return None
     if isinstance(target, bool):
@@ -126,7 +265,35 @@ def check_target_length(target: TargetSpec, n: int) -> torch.Tensor | int | None
 
 
 def resolve_target(target: torch.Tensor | int | None, logits: torch.Tensor) -> torch.Tensor:
-    """The per-image class to explain: the prediction for None, else the given class(es), range-checked."""
+    """The per-image class to explain: the prediction for None, else the given class(es), range-checked.
+
+    Parameters
+    ----------
+    target : torch.Tensor, int or None
+        As :func:`check_target_length` returns it.
+    logits : torch.Tensor
+        N×K logits.
+
+    Returns
+    -------
+    torch.Tensor
+        N int64 classes, on the logits' device.
+
+    Raises
+    ------
+    BadInput
+        If a class is outside 0..K−1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> resolve_target(None, torch.tensor([[0.0, 1.0], [2.0, 1.0]])).tolist()
+    [1, 0]
+    >>> resolve_target(5, torch.zeros(2, 3))
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: target class 5 is out of range: the model has 3 classes (0..2)
+    """
     n, k = logits.shape
     if target is None:
         return logits.detach().argmax(1)
@@ -142,7 +309,26 @@ def resolve_target(target: torch.Tensor | int | None, logits: torch.Tensor) -> t
 
 
 def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Min-max scale each map (N×… per image) to [0, 1]; a constant map becomes all zeros."""
+    """Min-max scale each map (N×… per image) to [0, 1]; a constant map becomes all zeros.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        N maps of any shape N×….
+    eps : float, default 1e-12
+        A map whose range is at most ``eps`` counts as constant.
+
+    Returns
+    -------
+    torch.Tensor
+        The same shape, each map in [0, 1].
+
+    Examples
+    --------
+    >>> import torch
+    >>> normalize_maps(torch.tensor([[1.0, 3.0, 5.0], [2.0, 2.0, 2.0]])).tolist()
+    [[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]
+    """
     flat = maps.flatten(1)
     lo = flat.min(1, keepdim=True).values
     hi = flat.max(1, keepdim=True).values
@@ -152,7 +338,33 @@ def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int], normalize: bool = True) -> torch.Tensor:
-    """Resize N×1×h×w maps to ``size`` (bilinear, ``align_corners=False``), optionally min-max per map."""
+    """Resize N×1×h×w maps to ``size`` (bilinear, ``align_corners=False``), optionally min-max per map.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        N×1×h×w maps.
+    size : tuple of int
+        ``(H, W)``, usually the input's.
+    normalize : bool, default True
+        Min-max scale each resized map to [0, 1] (:func:`normalize_maps`).
+
+    Returns
+    -------
+    torch.Tensor
+        N×1×H×W.
+
+    Raises
+    ------
+    BadInput
+        If ``maps`` is not 4-dimensional.
+
+    Examples
+    --------
+    >>> import torch
+    >>> upsample(torch.rand(2, 1, 4, 4), (8, 8)).shape
+    torch.Size([2, 1, 8, 8])
+    """
     require(maps.ndim == 4, f"maps must be N×1×h×w, got shape {tuple(maps.shape)}")
     out = maps if tuple(maps.shape[-2:]) == tuple(size) else F.interpolate(
         maps, size=tuple(size), mode="bilinear", align_corners=False)
@@ -167,6 +379,36 @@ def combine_maps(maps: Sequence[torch.Tensor], size: tuple[int, int], *, mode: s
     geometric mean ∏ m_l^{w_l} (weights summing to 1; with uniform weights a monotone function of the
     authors' plain product, so the same ranking), ``mode="sum"`` the weighted sum Σ w_l m_l. The
     result is min-max normalised again. The order of the layers does not matter.
+
+    Parameters
+    ----------
+    maps : sequence of torch.Tensor
+        One N×1×h×w map per layer (resolutions may differ); at least one.
+    size : tuple of int
+        ``(H, W)`` of the result.
+    mode : {"geometric", "sum"}, default "geometric"
+        How to combine.
+    weights : sequence of float, optional
+        One weight ≥ 0 per map, not all zero (normalised to sum 1; default uniform).
+
+    Returns
+    -------
+    torch.Tensor
+        N×1×H×W, each map in [0, 1].
+
+    Raises
+    ------
+    BadInput
+        For no maps, an unknown mode, or weights of the wrong number or sign.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = torch.tensor([[[[0.0, 1.0, 4.0]]]]), torch.tensor([[[[0.0, 1.0, 1.0]]]])
+    >>> [round(v, 4) for v in combine_maps([a, b], (1, 3)).flatten().tolist()]
+    [0.0, 0.5, 1.0]
+    >>> [round(v, 4) for v in combine_maps([a, b], (1, 3), mode="sum").flatten().tolist()]
+    [0.0, 0.625, 1.0]
     """
     require(len(maps) > 0, "no maps to combine")
     require(mode in ("geometric", "sum"), f"unknown combination mode {mode!r}: use 'geometric' or 'sum'")
@@ -192,6 +434,23 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
 
     Subclasses set ``name``, ``needs_gradients``, ``needs_layer_inputs`` and implement
     :meth:`maps_from` (a :class:`LayerCapture` → N×1×h×w map per layer).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier (adapted with :func:`workbench.adapter.as_model`).
+    layers : str, nn.Module, sequence of them, or None
+        The layer(s) to explain at (default ``None``: the model's default CAM layer, see
+        :func:`resolve_default_layers`); each at most once.
+
+    Returns
+    -------
+    A LayerSaliency (a captum ``LayerAttribution``); ``attribute(inputs, target)`` gives N×1×h×w maps.
+
+    Raises
+    ------
+    BadInput
+        For unknown or repeated layers, or no layer and no way to find the default.
     """
 
     name = "saliency"
@@ -248,7 +507,25 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
                            f"layers: {', '.join(spatial_layers(self.model, input_shape))}") from None
 
     def capture(self, inputs: torch.Tensor, target: TargetSpec = None) -> LayerCapture:
-        """One forward (eval mode) and, for gradient methods, one backward to the captured layers."""
+        """One forward (eval mode) and, for gradient methods, one backward to the captured layers.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            N×C×H×W images.
+        target : int, sequence of int, torch.Tensor or None
+            The class(es) to explain (default: the predicted class).
+
+        Returns
+        -------
+        LayerCapture
+            Activations (and gradients, layer inputs) per layer as N×C×h×w, logits and target.
+
+        Raises
+        ------
+        BadInput
+            For bad inputs or targets, or a layer that did not run or is not spatial.
+        """
         x = check_inputs(inputs, self.model)
         t = check_target_length(target, len(x))
         need_grad = self.needs_gradients
@@ -277,11 +554,37 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
 
     # ---------------------------------------------------------------- public API
     def attribute_layers(self, inputs: torch.Tensor, target: TargetSpec = None) -> dict[str, torch.Tensor]:
-        """N×1×h×w maps for every layer, from one forward and one backward."""
+        """N×1×h×w maps for every layer, from one forward and one backward.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            N×C×H×W images.
+        target : int, sequence of int, torch.Tensor or None
+            The class(es) to explain (default: the predicted class).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Layer name → N×1×h×w map at that layer's resolution.
+        """
         return self.maps_from(self.capture(inputs, target))
 
     def attribute(self, inputs: torch.Tensor, target: TargetSpec = None):  # type: ignore[override]
-        """N×1×h×w map at the layer's resolution (a tuple, one per layer, for several layers)."""
+        """N×1×h×w map at the layer's resolution (a tuple, one per layer, for several layers).
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            N×C×H×W images.
+        target : int, sequence of int, torch.Tensor or None
+            The class(es) to explain (default: the predicted class).
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            The map, or one map per layer in the order the layers were given.
+        """
         maps = self.attribute_layers(inputs, target)
         if len(self.layer_names) == 1:
             return maps[self.layer_names[0]]
