@@ -16,7 +16,38 @@ from .base import LayerCapture, LayerSaliency
 
 
 class GradCAM(LayerSaliency):
-    """Grad-CAM at one or more layers; ``relu=False`` keeps the signed map (captum's default)."""
+    """Grad-CAM at one or more layers; ``relu=False`` keeps the signed map (captum's default).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier.
+    layers : str, nn.Module, sequence of them, or None
+        The layer(s) (default: the model's default CAM layer).
+    relu : bool, default True
+        Apply the ReLU of Eq. 2.
+
+    Returns
+    -------
+    A GradCAM (a :class:`~workbench.saliency.base.LayerSaliency`); ``attribute(inputs, target)`` gives
+    N×1×h×w maps at the layer's resolution, ≥ 0 with ``relu``.
+
+    Raises
+    ------
+    BadInput
+        For unknown or repeated layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> cam = GradCAM(net, "1")
+    >>> maps = cam.attribute(torch.rand(2, 1, 8, 8), target=0)
+    >>> maps.shape, bool((maps >= 0).all())
+    (torch.Size([2, 1, 8, 8]), True)
+    """
 
     name = "gradcam"
 
