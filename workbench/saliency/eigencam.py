@@ -40,6 +40,29 @@ def top_eigenvectors(gram: torch.Tensor, *, squarings: int = 6, block: int = 4, 
     (λ₁/λ₂)^(2^s), 64 for the default s = 6) applied to a fixed start block, then Rayleigh–Ritz on G.
     Matrices whose residual ‖G v − λ v‖ exceeds ``tol``·λ (a near-degenerate top eigenvalue) fall
     back to an exact ``torch.linalg.eigh``. Deterministic, and far cheaper than ``eigh`` of all N.
+
+    Parameters
+    ----------
+    gram : torch.Tensor
+        N×d×d symmetric positive semi-definite matrices.
+    squarings : int, default 6
+        Repeated squarings s.
+    block : int, default 4
+        Size of the start block (at most d).
+    tol : float, default 1e-4
+        Relative residual above which the exact ``eigh`` is used.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The top eigenvalues N and unit eigenvectors N×d (sign arbitrary).
+
+    Examples
+    --------
+    >>> import torch
+    >>> lam, vec = top_eigenvectors(torch.diag(torch.tensor([1.0, 3.0, 2.0]))[None])
+    >>> lam.tolist(), vec.abs().round(decimals=4).tolist()
+    ([3.0], [[0.0, 1.0, 0.0]])
     """
     n, d, _ = gram.shape
     k = min(block, d)
@@ -69,6 +92,30 @@ def principal_projection(features: torch.Tensor, *, center: bool = True,
 
     ``features`` N×C×H×W → N×1×H×W. ``sign_reference`` (N×H×W or N×1×H×W, default the channel sum of
     ``features``) fixes the sign: the projection is made positively correlated with it.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        N×C×H×W activations (or gradient ⊙ activation).
+    center : bool, default True
+        Subtract each channel's mean over locations first (as pytorch-grad-cam does).
+    sign_reference : torch.Tensor, optional
+        N×H×W or N×1×H×W map the projection is made to correlate positively with.
+
+    Returns
+    -------
+    torch.Tensor
+        N×1×H×W, X v₁ per image, in ``features``' dtype.
+
+    Examples
+    --------
+    For rank-one features p ⊗ (1, 2) the projection is √5 · p:
+
+    >>> import torch
+    >>> p = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    >>> proj = principal_projection(torch.stack([p, 2 * p])[None], center=False)
+    >>> [round(v, 4) + 0.0 for v in (proj.flatten() / 5 ** 0.5).tolist()]
+    [0.0, 1.0, 2.0, 3.0]
     """
     n, c, h, w = features.shape
     f = features.flatten(2).float()  # N × C × HW (the H·W×C matrix X of the paper, transposed)
@@ -93,6 +140,36 @@ class EigenCAM(LayerSaliency):
 
     ``center``: subtract each channel's mean over locations before the decomposition (as
     pytorch-grad-cam does); ``relu``: keep the positive part.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier.
+    layers : str, nn.Module, sequence of them, or None
+        The layer(s) (default: the model's default CAM layer).
+    center : bool, default True
+        Centre the channels before the decomposition.
+    relu : bool, default True
+        Keep the positive part of the projection.
+
+    Returns
+    -------
+    An EigenCAM (a :class:`~workbench.saliency.base.LayerSaliency`); ``attribute(inputs)`` gives
+    N×1×h×w maps at the layer's resolution (the target is ignored).
+
+    Raises
+    ------
+    BadInput
+        For unknown or repeated layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> EigenCAM(net, "1").attribute(torch.rand(2, 1, 8, 8)).shape
+    torch.Size([2, 1, 8, 8])
     """
 
     name = "eigencam"
@@ -119,7 +196,39 @@ class EigenCAM(LayerSaliency):
 
 
 class EigenGradCAM(EigenCAM):
-    """Eigen-Grad-CAM: the first principal component of gradient ⊙ activation (class-specific)."""
+    """Eigen-Grad-CAM: the first principal component of gradient ⊙ activation (class-specific).
+
+    The sign follows the Grad-CAM-style sum Σ_c g_uc a_uc.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier.
+    layers : str, nn.Module, sequence of them, or None
+        The layer(s) (default: the model's default CAM layer).
+    center : bool, default True
+        Centre the channels before the decomposition.
+    relu : bool, default True
+        Keep the positive part of the projection.
+
+    Returns
+    -------
+    An EigenGradCAM; ``attribute(inputs, target)`` gives N×1×h×w maps at the layer's resolution.
+
+    Raises
+    ------
+    BadInput
+        For unknown or repeated layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> EigenGradCAM(net, "1").attribute(torch.rand(2, 1, 8, 8), target=1).shape
+    torch.Size([2, 1, 8, 8])
+    """
 
     name = "eigengradcam"
     needs_gradients = True
