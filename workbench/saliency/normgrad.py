@@ -69,6 +69,40 @@ class NormGrad(LayerSaliency):
 
     ``proper`` needs ``nn.Conv2d`` layers (the conv's input is captured alongside the gradient at its
     output); the other variants work at any spatial layer.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier.
+    layers : str, nn.Module, sequence of them, or None
+        The layer(s) (default: the model's default CAM layer); combine several with
+        ``attribute_combined``.
+    variant : {"identity", "identity3x3", "proper", "bias", "selective"}, default "identity"
+        The NormGrad variant (see the module docstring).
+
+    Returns
+    -------
+    A NormGrad (a :class:`~workbench.saliency.base.LayerSaliency`); ``attribute(inputs, target)``
+    gives N×1×h×w maps ≥ 0 at the layer's resolution.
+
+    Raises
+    ------
+    BadInput
+        For an unknown variant, unknown or repeated layers, or (``proper``) a layer that is not a
+        zero-padded ``nn.Conv2d``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> NormGrad(net, "0", variant="proper").attribute(torch.rand(2, 1, 8, 8)).shape
+    torch.Size([2, 1, 8, 8])
+    >>> NormGrad(net, "1", variant="proper")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: proper NormGrad needs a Conv2d layer, but '1' is a ReLU; Conv2d layers: 0
     """
 
     name = "normgrad"
