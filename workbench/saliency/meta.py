@@ -37,7 +37,30 @@ from .base import (
 
 def meta_capture(method: LayerSaliency, inputs: torch.Tensor, target: TargetSpec = None, *,
                  lr: float = 0.0025) -> LayerCapture:
-    """What ``method.capture`` returns, but at per-image weights θ'_i after one SGD step on image i."""
+    """What ``method.capture`` returns, but at per-image weights θ'_i after one SGD step on image i.
+
+    Parameters
+    ----------
+    method : LayerSaliency
+        The saliency method whose layers are captured.
+    inputs : torch.Tensor
+        N×C×H×W images.
+    target : int, sequence of int, torch.Tensor or None
+        The class(es) c to explain (default: the prediction at θ).
+    lr : float, default 0.0025
+        The SGD step η, in (0, 10].
+
+    Returns
+    -------
+    LayerCapture
+        Activations, gradients (and layer inputs if the method needs them) at θ'_i, the logits at
+        θ'_i and the target.
+
+    Raises
+    ------
+    BadInput
+        For η out of range, bad inputs or targets, or a layer that is not spatial.
+    """
     check_in_range("meta-saliency learning rate", lr, 0, 10, low_open=True)
     model = method.model
     x = check_inputs(inputs, model)
@@ -82,7 +105,36 @@ def meta_capture(method: LayerSaliency, inputs: torch.Tensor, target: TargetSpec
 
 
 class MetaSaliency(LayerSaliency):
-    """Wrap a saliency method so that it is computed after one per-image SGD step (meta-saliency)."""
+    """Wrap a saliency method so that it is computed after one per-image SGD step (meta-saliency).
+
+    Parameters
+    ----------
+    method : LayerSaliency
+        The method to wrap (its model and layers are used).
+    lr : float, default 0.0025
+        The SGD step η, in (0, 10].
+
+    Returns
+    -------
+    A MetaSaliency (a :class:`~workbench.saliency.base.LayerSaliency` named ``meta-<method>``);
+    ``attribute(inputs, target)`` gives the method's maps at θ'.
+
+    Raises
+    ------
+    BadInput
+        If η is out of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> from workbench.saliency.normgrad import NormGrad
+    >>> meta = MetaSaliency(NormGrad(net, "1"))
+    >>> meta.name, meta.attribute(torch.rand(2, 1, 8, 8)).shape
+    ('meta-normgrad', torch.Size([2, 1, 8, 8]))
+    """
 
     def __init__(self, method: LayerSaliency, *, lr: float = 0.0025):
         check_in_range("meta-saliency learning rate", lr, 0, 10, low_open=True)
@@ -108,5 +160,39 @@ class MetaSaliency(LayerSaliency):
 
 def meta_saliency(method: LayerSaliency, inputs: torch.Tensor, target: TargetSpec = None, *,
                   lr: float = 0.0025) -> dict[str, torch.Tensor]:
-    """``method``'s N×1×h×w maps per layer, computed at θ' (one SGD step per image); model untouched."""
+    """``method``'s N×1×h×w maps per layer, computed at θ' (one SGD step per image); model untouched.
+
+    Parameters
+    ----------
+    method : LayerSaliency
+        The saliency method.
+    inputs : torch.Tensor
+        N×C×H×W images.
+    target : int, sequence of int, torch.Tensor or None
+        The class(es) to explain (default: the prediction).
+    lr : float, default 0.0025
+        The SGD step η, in (0, 10].
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Layer name → N×1×h×w map.
+
+    Raises
+    ------
+    BadInput
+        As :func:`meta_capture`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> from workbench.saliency.normgrad import NormGrad
+    >>> before = {k: v.clone() for k, v in net.state_dict().items()}
+    >>> maps = meta_saliency(NormGrad(net, "1"), torch.rand(2, 1, 8, 8))
+    >>> maps["1"].shape, all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    (torch.Size([2, 1, 8, 8]), True)
+    """
     return method.maps_from(meta_capture(method, inputs, target, lr=lr))
