@@ -63,6 +63,29 @@ def spearman_rows(a, b) -> np.ndarray:
     """Spearman ρ between corresponding rows of ``a`` and ``b`` (N×D each; average ranks for ties).
 
     A row that is constant in either input has no defined ρ: NaN.
+
+    Parameters
+    ----------
+    a, b : torch.Tensor or array-like
+        N×… each (flattened to N×D), of the same shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        N values of ρ in [−1, 1], NaN for constant rows.
+
+    Raises
+    ------
+    BadInput
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+    >>> b = torch.tensor([[10.0, 20.0, 30.0], [3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    >>> spearman_rows(a, b).tolist()
+    [1.0, -1.0, nan]
     """
     a = np.asarray(a.detach().cpu().flatten(1) if isinstance(a, torch.Tensor) else a, dtype=np.float64)
     b = np.asarray(b.detach().cpu().flatten(1) if isinstance(b, torch.Tensor) else b, dtype=np.float64)
@@ -78,7 +101,27 @@ def spearman_rows(a, b) -> np.ndarray:
 
 # ---------------------------------------------------------------- deletion / insertion
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with replicate padding (kernel radius ≤ 3σ and < the image size)."""
+    """Separable Gaussian blur with replicate padding (kernel radius ≤ 3σ and < the image size).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        N×C×H×W, H and W ≥ 2.
+    sigma : float
+        Standard deviation in pixels; ≤ 0 returns a copy.
+
+    Returns
+    -------
+    torch.Tensor
+        N×C×H×W, blurred (a constant image stays constant).
+
+    Examples
+    --------
+    >>> import torch
+    >>> flat = torch.full((1, 1, 8, 8), 0.3)
+    >>> torch.allclose(gaussian_blur(flat, 1.0), flat)
+    True
+    """
     if sigma <= 0:
         return images.clone()
     h, w = images.shape[-2:]
@@ -94,7 +137,25 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @dataclass
 class DeletionInsertion:
-    """Per-image AUCs and probability curves (``n_steps + 1`` points over the fraction 0..1)."""
+    """Per-image AUCs and probability curves (``n_steps + 1`` points over the fraction 0..1).
+
+    Parameters
+    ----------
+    deletion_auc : numpy.ndarray
+        N deletion AUCs in [0, 1] (lower is better; NaN if not computed).
+    insertion_auc : numpy.ndarray
+        N insertion AUCs in [0, 1] (higher is better; NaN if not computed).
+    deletion_curve : numpy.ndarray
+        N×(n_steps+1) probabilities of the explained class as pixels are deleted.
+    insertion_curve : numpy.ndarray
+        N×(n_steps+1) probabilities as pixels are inserted into the blurred image.
+    n_steps : int
+        The number of steps.
+
+    Returns
+    -------
+    A DeletionInsertion (dataclass); ``deletion`` and ``insertion`` are the mean AUCs.
+    """
 
     deletion_auc: np.ndarray
     insertion_auc: np.ndarray
@@ -116,7 +177,53 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
                        n_steps: int = 20, baseline: float = 0.0, blur_sigma: float | None = None,
                        batch_size: int = 1024, which: Sequence[str] = ("deletion", "insertion")
                        ) -> DeletionInsertion:
-    """Deletion and insertion AUC (RISE) of ``maps`` (N×1×h×w, resized to the images if needed)."""
+    """Deletion and insertion AUC (RISE) of ``maps`` (N×1×h×w, resized to the images if needed).
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The classifier (run in eval mode, without gradients).
+    images : torch.Tensor
+        N×C×H×W images in [0, 1].
+    maps : torch.Tensor
+        N×1×h×w or N×h×w saliency maps (bilinearly resized to H×W).
+    target : int, sequence of int, torch.Tensor or None
+        The class(es) whose probability is tracked (default: the prediction).
+    n_steps : int, default 20
+        Steps over the pixel fraction 0..1, ≥ 1.
+    baseline : float, default 0.0
+        The value deleted pixels are set to.
+    blur_sigma : float, optional
+        σ of the insertion start image's blur (default max(H, W)/8).
+    batch_size : int, default 1024
+        Most images per forward (steps × images), ≥ 1.
+    which : sequence of str, default ("deletion", "insertion")
+        The curves to compute.
+
+    Returns
+    -------
+    DeletionInsertion
+        Per-image AUCs (trapezoidal, over the fraction in [0, 1]) and curves.
+
+    Raises
+    ------
+    BadInput
+        For images that are not N×C×H×W, maps of another number or shape, bad targets, n_steps or
+        batch_size < 1, or an unknown curve.
+
+    Examples
+    --------
+    A classifier whose output never changes scores its constant probability, 1/2:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> class Constant(nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.zeros(len(x), 2)
+    >>> res = deletion_insertion(Constant(), torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4), n_steps=4)
+    >>> res.deletion_auc.tolist(), res.insertion, res.deletion_curve.shape
+    ([0.5, 0.5], 0.5, (2, 5))
+    """
     require(isinstance(images, torch.Tensor) and images.ndim == 4, "images must be an N×C×H×W tensor")
     require(n_steps >= 1, f"n_steps must be >= 1, got {n_steps}")
     require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
@@ -160,6 +267,24 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
 # ---------------------------------------------------------------- pointing game
 @dataclass
 class PointingGame:
+    """What :func:`pointing_game` returns.
+
+    Parameters
+    ----------
+    hits : numpy.ndarray
+        N booleans: the map's maximum lies within the tolerance of the box.
+    points : numpy.ndarray
+        N×2 ``(y, x)`` of each map's maximum (the first in row-major order).
+    tolerance : float
+        The tolerance used, in pixels.
+    flat : int
+        The number of constant maps (counted as misses).
+
+    Returns
+    -------
+    A PointingGame (dataclass); ``accuracy`` is the share of hits.
+    """
+
     hits: np.ndarray  # N booleans
     points: np.ndarray  # N×2 (y, x) of each map's maximum
     tolerance: float
@@ -192,6 +317,39 @@ def pointing_game(maps: torch.Tensor, boxes, *, tolerance: float | None = None,
 
     ``maps`` N×H×W or N×1×H×W (resized to ``image_size`` first if given); ``boxes`` one box for all
     maps or N×4, in pixels of the (resized) maps, half-open like ``image[y0:y1, x0:x1]``.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        N×H×W or N×1×H×W saliency maps.
+    boxes : sequence of int or array-like
+        One ``(y0, x0, y1, x1)`` box, or N×4, non-empty and inside the map.
+    tolerance : float, optional
+        Euclidean distance in pixels (default 15/224·max(H, W), Zhang et al.'s 15 px at 224 px).
+    image_size : tuple of int, optional
+        ``(H, W)`` to resize the maps to first (bilinear).
+
+    Returns
+    -------
+    PointingGame
+        Hits, maximum positions, tolerance and the number of flat maps.
+
+    Raises
+    ------
+    BadInput
+        For maps that are not N×H×W / N×1×H×W, boxes of the wrong shape or number, or a box that is
+        empty or outside the map.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.zeros(1, 4, 4)
+    >>> m[0, 1, 2] = 1.0
+    >>> game = pointing_game(m, (0, 2, 2, 4))
+    >>> game.hits.tolist(), game.points.tolist(), game.accuracy
+    ([True], [[1, 2]], 1.0)
+    >>> pointing_game(m, (3, 0, 4, 1), tolerance=1.0).hits.tolist()  # 2.83 px away
+    [False]
     """
     m = _maps_nhw(maps, image_size)
     n, h, w = m.shape
@@ -217,14 +375,51 @@ def pointing_game(maps: torch.Tensor, boxes, *, tolerance: float | None = None,
 # ---------------------------------------------------------------- class sensitivity
 @dataclass
 class ClassSensitivity:
-    """Per layer: per-image Spearman ρ between the most- and least-likely-class maps, and the mean."""
+    """Per layer: per-image Spearman ρ between the most- and least-likely-class maps, and the mean.
+
+    Parameters
+    ----------
+    per_image : dict of str to numpy.ndarray
+        Layer name → N values of ρ (NaN where a map is constant).
+    mean : dict of str to float
+        Layer name → mean ρ over the images with a defined ρ (NaN if none).
+
+    Returns
+    -------
+    A ClassSensitivity (dataclass).
+    """
 
     per_image: dict[str, np.ndarray]
     mean: dict[str, float]
 
 
 def class_sensitivity(method: LayerSaliency, images: torch.Tensor) -> ClassSensitivity:
-    """Spearman ρ between ``method``'s maps for the most and the least likely class (lower: better)."""
+    """Spearman ρ between ``method``'s maps for the most and the least likely class (lower: better).
+
+    Parameters
+    ----------
+    method : LayerSaliency
+        The saliency method (its model and layers).
+    images : torch.Tensor
+        N×C×H×W images.
+
+    Returns
+    -------
+    ClassSensitivity
+        ρ per image and its mean, per layer.
+
+    Examples
+    --------
+    Eigen-CAM ignores the class, so its maps for both classes agree (ρ = 1):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> from workbench.saliency.eigencam import EigenCAM
+    >>> class_sensitivity(EigenCAM(net, "1"), torch.rand(2, 1, 8, 8)).mean
+    {'1': 1.0}
+    """
     dev = model_device(method.model)
     with torch.no_grad(), eval_mode(method.model):
         logits = method.model(images.detach().to(dev))
@@ -239,14 +434,55 @@ def class_sensitivity(method: LayerSaliency, images: torch.Tensor) -> ClassSensi
 # ---------------------------------------------------------------- model randomization
 @dataclass
 class RandomizationCheck:
-    """ρ[saliency layer][k]: mean Spearman ρ after randomising ``randomized[0..k]`` (top down)."""
+    """ρ[saliency layer][k]: mean Spearman ρ after randomising ``randomized[0..k]`` (top down).
+
+    Parameters
+    ----------
+    randomized : list of str
+        The layers randomised, in order (output first).
+    rho : dict of str to list of float
+        Saliency layer → mean ρ between the original and the new maps after each step.
+
+    Returns
+    -------
+    A RandomizationCheck (dataclass).
+    """
 
     randomized: list[str]
     rho: dict[str, list[float]]
 
 
 def parameter_layers_top_down(model: nn.Module, images: torch.Tensor) -> list[str]:
-    """Layers owning parameters, in reverse order of execution (output first)."""
+    """Layers owning parameters, in reverse order of execution (output first).
+
+    Layers that did not run on the probe come last.
+
+    Parameters
+    ----------
+    model : nn.Module or ModelAdapter
+        The model (one probe forward on the first image, eval mode).
+    images : torch.Tensor
+        N×C×H×W images, N ≥ 1.
+
+    Returns
+    -------
+    list of str
+        Layer names.
+
+    Raises
+    ------
+    BadInput
+        If no layer owns parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> parameter_layers_top_down(net, torch.rand(1, 1, 8, 8))
+    ['4', '0']
+    """
     names = [n for n, mod in named_layers(model) if any(True for _ in mod.parameters(recurse=False))]
     require(len(names) > 0, "the model has no layers with parameters to randomise")
     with torch.no_grad(), eval_mode(model), capture_layers(model, names, detach=True) as cap:
@@ -257,7 +493,42 @@ def parameter_layers_top_down(model: nn.Module, images: torch.Tensor) -> list[st
 
 def randomization_check(method: LayerSaliency, images: torch.Tensor, target: TargetSpec = None, *,
                         max_layers: int | None = None, seed: int = 0) -> RandomizationCheck:
-    """Cascading model-randomization sanity check (Adebayo et al. 2018); the model is not modified."""
+    """Cascading model-randomization sanity check (Adebayo et al. 2018); the model is not modified.
+
+    Parameters
+    ----------
+    method : LayerSaliency
+        The saliency method; it is rebuilt on a deep copy of the model with ``clone_for``.
+    images : torch.Tensor
+        N×C×H×W images.
+    target : int, sequence of int, torch.Tensor or None
+        The class(es) to explain throughout (default: the original model's predictions).
+    max_layers : int, optional
+        Randomise at most this many layers, ≥ 1 (default: all).
+    seed : int, default 0
+        Seed of the re-initialisations.
+
+    Returns
+    -------
+    RandomizationCheck
+        The layers randomised and, per saliency layer, the mean ρ after each step.
+
+    Raises
+    ------
+    BadInput
+        For a callable without modules, ``max_layers`` < 1, or a model without parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 3))
+    >>> from workbench.saliency.gradcam import GradCAM
+    >>> check = randomization_check(GradCAM(net, "1"), torch.rand(2, 1, 8, 8))
+    >>> check.randomized, len(check.rho["1"])
+    (['4', '0'], 2)
+    """
     model = method.model
     require(isinstance(layer_root(model), nn.Module), "the randomization check needs the model's modules: wrap a "
                                                       "callable with as_model(fn, module=...)")
