@@ -359,13 +359,6 @@ class SimCLRTrainer:
     -------
     A SimCLRTrainer; ``loss(x, gen)`` is the NT-Xent of two views of the batch ``x``, ``step(x, gen)``
     one Adam update returning that loss as a float (``FloatingPointError`` if it is not finite).
-
-    Examples
-    --------
-    >>> import torch
-    >>> trainer = SimCLRTrainer(ConvEncoder(1, width=8), (1, 28, 28))
-    >>> trainer.dim
-    32
     """
 
     def __init__(self, encoder: nn.Module, input_shape: tuple[int, int, int], *, lr: float = 2e-3,
