@@ -83,7 +83,8 @@ class Normalize(nn.Module):
 
     Returns
     -------
-    A Normalize module; its forward maps N×C×H×W to N×C×H×W.
+    A Normalize module
+        Its forward maps N×C×H×W to N×C×H×W.
 
     Raises
     ------
@@ -128,7 +129,8 @@ class Resize(nn.Module):
 
     Returns
     -------
-    A Resize module; its forward maps N×C×h×w to N×C×H×W (``align_corners=False``).
+    A Resize module
+        Its forward maps N×C×h×w to N×C×H×W (``align_corners=False``).
 
     Raises
     ------
