@@ -49,9 +49,10 @@ class CertificationResult:
 
     Returns
     -------
-    A CertificationResult (dataclass). Properties: ``abstain_rate``, ``accuracy`` (abstentions count as
-    errors), ``base_accuracy``, ``average_certified_radius``; methods ``certified_accuracy(r)``,
-    ``certified_curve()``, ``summary()`` and ``report_sections()``.
+    A CertificationResult (dataclass)
+        Properties: ``abstain_rate``, ``accuracy`` (abstentions count as errors), ``base_accuracy``,
+        ``average_certified_radius``; methods ``certified_accuracy(r)``, ``certified_curve()``, ``summary()``
+        and ``report_sections()``.
 
     Examples
     --------
