@@ -62,8 +62,9 @@ class Augment:
 
     Returns
     -------
-    An Augment (dataclass), called as ``augment(x, generator)`` on N×C×H×W images in [0, 1] to give
-    views of the same shape in [0, 1].
+    An Augment (dataclass)
+        Called as ``augment(x, generator)`` on N×C×H×W images in [0, 1] to give views of the same
+        shape in [0, 1].
 
     Examples
     --------
@@ -118,7 +119,8 @@ class ConvEncoder(nn.Module):
 
     Returns
     -------
-    A ConvEncoder (``nn.Module``) mapping N×C×H×W to N×4w embeddings; ``dim`` holds 4w.
+    A ConvEncoder (``nn.Module``)
+        Maps N×C×H×W to N×4w embeddings; ``dim`` holds 4w.
 
     Examples
     --------
@@ -357,8 +359,9 @@ class SimCLRTrainer:
 
     Returns
     -------
-    A SimCLRTrainer; ``loss(x, gen)`` is the NT-Xent of two views of the batch ``x``, ``step(x, gen)``
-    one Adam update returning that loss as a float (``FloatingPointError`` if it is not finite).
+    A SimCLRTrainer
+        ``loss(x, gen)`` is the NT-Xent of two views of the batch ``x``, ``step(x, gen)`` one Adam update
+        returning that loss as a float (``FloatingPointError`` if it is not finite).
     """
 
     def __init__(self, encoder: nn.Module, input_shape: tuple[int, int, int], *, lr: float = 2e-3,
@@ -556,8 +559,9 @@ class LinearProbe:
 
     Returns
     -------
-    A LinearProbe (dataclass); ``predict(images)`` gives N labels (int64), ``as_classifier()`` the
-    encoder and probe as one torch module returning logits.
+    A LinearProbe (dataclass)
+        ``predict(images)`` gives N labels (int64), ``as_classifier()`` the encoder and probe as one torch
+        module returning logits.
     """
 
     encoder: nn.Module
