@@ -395,7 +395,8 @@ class Layout:
 
     Returns
     -------
-    A Layout (frozen dataclass); :meth:`to_nchw` applies it.
+    A Layout (frozen dataclass)
+        :meth:`to_nchw` applies it.
 
     Examples
     --------
