@@ -82,7 +82,8 @@ class ModelCard:
 
     Returns
     -------
-    A ModelCard (dataclass); ``to_json`` / ``from_json`` write and read it as ``model.json``.
+    A ModelCard (dataclass)
+        ``to_json`` / ``from_json`` write and read it as ``model.json``.
 
     Examples
     --------
@@ -241,8 +242,8 @@ class LoadedModel:
 
     Returns
     -------
-    A LoadedModel (dataclass); :meth:`fresh` builds an untrained copy, :meth:`bind` checks it against
-    a data set.
+    A LoadedModel (dataclass)
+        :meth:`fresh` builds an untrained copy, :meth:`bind` checks it against a data set.
     """
 
     model: ModelAdapter
