@@ -445,7 +445,8 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
 
     Returns
     -------
-    A LayerSaliency (a captum ``LayerAttribution``); ``attribute(inputs, target)`` gives N×1×h×w maps.
+    A LayerSaliency (a captum ``LayerAttribution``)
+        ``attribute(inputs, target)`` gives N×1×h×w maps.
 
     Raises
     ------
