@@ -154,8 +154,8 @@ class EigenCAM(LayerSaliency):
 
     Returns
     -------
-    An EigenCAM (a :class:`~workbench.saliency.base.LayerSaliency`); ``attribute(inputs)`` gives
-    N×1×h×w maps at the layer's resolution (the target is ignored).
+    An EigenCAM (a :class:`~workbench.saliency.base.LayerSaliency`)
+        ``attribute(inputs)`` gives N×1×h×w maps at the layer's resolution (the target is ignored).
 
     Raises
     ------
@@ -213,7 +213,8 @@ class EigenGradCAM(EigenCAM):
 
     Returns
     -------
-    An EigenGradCAM; ``attribute(inputs, target)`` gives N×1×h×w maps at the layer's resolution.
+    An EigenGradCAM
+        ``attribute(inputs, target)`` gives N×1×h×w maps at the layer's resolution.
 
     Raises
     ------
