@@ -29,8 +29,8 @@ class GradCAM(LayerSaliency):
 
     Returns
     -------
-    A GradCAM (a :class:`~workbench.saliency.base.LayerSaliency`); ``attribute(inputs, target)`` gives
-    N×1×h×w maps at the layer's resolution, ≥ 0 with ``relu``.
+    A GradCAM (a :class:`~workbench.saliency.base.LayerSaliency`)
+        ``attribute(inputs, target)`` gives N×1×h×w maps at the layer's resolution, ≥ 0 with ``relu``.
 
     Raises
     ------
