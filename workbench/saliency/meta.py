@@ -116,8 +116,8 @@ class MetaSaliency(LayerSaliency):
 
     Returns
     -------
-    A MetaSaliency (a :class:`~workbench.saliency.base.LayerSaliency` named ``meta-<method>``);
-    ``attribute(inputs, target)`` gives the method's maps at θ'.
+    A MetaSaliency (a :class:`~workbench.saliency.base.LayerSaliency` named ``meta-<method>``)
+        ``attribute(inputs, target)`` gives the method's maps at θ'.
 
     Raises
     ------
