@@ -154,7 +154,8 @@ class DeletionInsertion:
 
     Returns
     -------
-    A DeletionInsertion (dataclass); ``deletion`` and ``insertion`` are the mean AUCs.
+    A DeletionInsertion (dataclass)
+        ``deletion`` and ``insertion`` are the mean AUCs.
     """
 
     deletion_auc: np.ndarray
@@ -282,7 +283,8 @@ class PointingGame:
 
     Returns
     -------
-    A PointingGame (dataclass); ``accuracy`` is the share of hits.
+    A PointingGame (dataclass)
+        ``accuracy`` is the share of hits.
     """
 
     hits: np.ndarray  # N booleans
