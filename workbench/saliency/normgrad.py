@@ -82,8 +82,8 @@ class NormGrad(LayerSaliency):
 
     Returns
     -------
-    A NormGrad (a :class:`~workbench.saliency.base.LayerSaliency`); ``attribute(inputs, target)``
-    gives N×1×h×w maps ≥ 0 at the layer's resolution.
+    A NormGrad (a :class:`~workbench.saliency.base.LayerSaliency`)
+        ``attribute(inputs, target)`` gives N×1×h×w maps ≥ 0 at the layer's resolution.
 
     Raises
     ------
