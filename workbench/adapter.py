@@ -228,28 +228,72 @@ class ModelAdapter(nn.Module):
     # ------------------------------------------------------------ what the workbench asks of a model
     @property
     def layer_root(self) -> nn.Module | None:
-        """The module whose named submodules are the layers (no adapter prefix)."""
+        """The module whose named submodules are the layers (no adapter prefix).
+
+        Returns
+        -------
+        nn.Module or None
+            The wrapped module (``module=`` for a callable; ``None`` if none was given).
+        """
         return self.inner
 
     @property
     def hooks_supported(self) -> bool:
+        """Whether the model can run layer hooks (not TorchScript).
+
+        Returns
+        -------
+        bool
+            False when ``hooks_error`` is set.
+        """
         return self.hooks_error is None
 
     @property
     def default_cam_layer(self) -> str | None:
+        """The wrapped model's declared default saliency layer, if any.
+
+        Returns
+        -------
+        str or None
+            The model's ``default_cam_layer`` attribute.
+        """
         return getattr(self.inner, "default_cam_layer", None)
 
     @property
     def feature_layer(self) -> str | None:
+        """The wrapped model's declared penultimate feature layer, if any.
+
+        Returns
+        -------
+        str or None
+            The model's ``feature_layer`` attribute.
+        """
         return getattr(self.inner, "feature_layer", None)
 
     @property
     def preprocess(self) -> list[nn.Module]:
-        """The pixel-space → model-space maps in order (resize, normalise); each one monotone."""
+        """The pixel-space → model-space maps in order (resize, normalise); each one monotone.
+
+        Returns
+        -------
+        list of nn.Module
+            The :class:`Resize` and :class:`Normalize` in use (possibly none).
+        """
         return [m for m in (self.resize, self.normalize) if m is not None]
 
     def with_inner(self, inner: nn.Module) -> ModelAdapter:
-        """The same adapter around another module (e.g. an inference copy of the wrapped model)."""
+        """The same adapter around another module (e.g. an inference copy of the wrapped model).
+
+        Parameters
+        ----------
+        inner : nn.Module
+            The module to wrap instead; the preprocessing modules are shared, not copied.
+
+        Returns
+        -------
+        ModelAdapter
+            A new adapter whose mode follows ``inner``'s.
+        """
         new = ModelAdapter.__new__(ModelAdapter)
         nn.Module.__init__(new)
         new.inner, new._fn = inner, None
