@@ -79,23 +79,48 @@ class CertificationResult:
 
     @property
     def abstained(self) -> torch.Tensor:
+        """Where the certifier abstains.
+
+        Returns
+        -------
+        torch.Tensor
+            N booleans (``predictions == ABSTAIN``).
+        """
         return self.predictions == ABSTAIN
 
     @property
     def abstain_rate(self) -> float:
-        """Share of inputs on which the certifier abstains (the fallback rate)."""
+        """Share of inputs on which the certifier abstains (the fallback rate).
+
+        Returns
+        -------
+        float
+            In [0, 1]; 0 for no inputs.
+        """
         return float(self.abstained.float().mean()) if len(self) else 0.0
 
     @property
     def accuracy(self) -> float:
-        """Accuracy of the certified classifier: an abstention counts as an error."""
+        """Accuracy of the certified classifier: an abstention counts as an error.
+
+        Returns
+        -------
+        float
+            In [0, 1]; NaN without labels.
+        """
         if self.labels is None:
             return float("nan")
         return float((self.predictions == self.labels).float().mean())
 
     @property
     def base_accuracy(self) -> float:
-        """Accuracy of the undefended base model on the same inputs."""
+        """Accuracy of the undefended base model on the same inputs.
+
+        Returns
+        -------
+        float
+            In [0, 1]; NaN without labels or base predictions.
+        """
         if self.labels is None or self.base_predictions is None:
             return float("nan")
         return float((self.base_predictions == self.labels).float().mean())
@@ -141,19 +166,41 @@ class CertificationResult:
 
     @property
     def average_certified_radius(self) -> float:
-        """ACR: mean radius over all inputs, counting 0 for abstentions and wrong classes."""
+        """ACR: mean radius over all inputs, counting 0 for abstentions and wrong classes.
+
+        Returns
+        -------
+        float
+            ≥ 0; NaN without labels.
+        """
         if self.labels is None:
             return float("nan")
         ok = (self.predictions == self.labels) & ~self.abstained
         return float((self.radii * ok.float()).mean())
 
     def summary(self) -> dict:
+        """The headline metrics and the scalar settings, e.g. for a table row.
+
+        Returns
+        -------
+        dict
+            ``method``, ``n`` (inputs), ``accuracy``, ``base_accuracy``, ``abstain_rate``,
+            ``average_certified_radius``, ``seconds``, then the scalar ``params``, which are merged last
+            (so a parameter named ``n``, smoothing's sample count, takes the place of the input count).
+        """
         return {"method": self.method, "n": len(self), "accuracy": self.accuracy,
                 "base_accuracy": self.base_accuracy, "abstain_rate": self.abstain_rate,
                 "average_certified_radius": self.average_certified_radius, "seconds": round(self.seconds, 2),
                 **{k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool))}}
 
     def report_sections(self):
+        """The report's sections (see :func:`workbench.report.write_report`).
+
+        Returns
+        -------
+        list of sections
+            The metrics, and with labels the certified-accuracy curve and a table of it.
+        """
         from ..report import Figure, Metrics, Table, figure_png
 
         if "curve_radii" in self.extra:
