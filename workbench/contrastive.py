@@ -380,11 +380,44 @@ class SimCLRTrainer:
         self.dim = dim
 
     def loss(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """NT-Xent of two augmented views of the batch ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            N×C×H×W images on the trainer's device.
+        gen : torch.Generator
+            Source of the augmentations.
+
+        Returns
+        -------
+        torch.Tensor
+            The scalar loss (differentiable).
+        """
         v1, v2 = self.augment(x, gen), self.augment(x, gen)
         z = self.head(self.encoder(torch.cat([v1, v2])))
         return nt_xent(z[:len(x)], z[len(x):], self.temperature)
 
     def step(self, x: torch.Tensor, gen: torch.Generator) -> float:
+        """One Adam update on the batch ``x`` (encoder and head in training mode).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            N×C×H×W images (moved to the trainer's device).
+        gen : torch.Generator
+            Source of the augmentations.
+
+        Returns
+        -------
+        float
+            The loss before the update.
+
+        Raises
+        ------
+        FloatingPointError
+            If the loss is not finite.
+        """
         self.encoder.train()
         self.head.train()
         loss = self.loss(x.to(self.device), gen)
@@ -570,6 +603,18 @@ class LinearProbe:
     n_train: int
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The probe's classes for ``images`` (encoded first).
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            N×C×H×W images.
+
+        Returns
+        -------
+        torch.Tensor
+            N labels, int64.
+        """
         feats = encode(self.encoder, images).numpy()
         return torch.as_tensor(self.classifier.predict(feats), dtype=torch.long)
 
