@@ -103,9 +103,23 @@ class ModelCard:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes.
+
+        Returns
+        -------
+        int
+            ``len(class_names)``.
+        """
         return len(self.class_names)
 
     def to_json(self) -> str:
+        """The card as ``model.json`` text (``format: workbench-model/1``, sorted keys).
+
+        Returns
+        -------
+        str
+            Indented JSON.
+        """
         d = asdict(self)
         d["input_shape"] = list(self.input_shape) if self.input_shape is not None else None
         d["format"] = "workbench-model/1"
@@ -113,6 +127,25 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str, source: str = "model card") -> ModelCard:
+        """Parse and check a card (see :func:`check_card_fields`).
+
+        Parameters
+        ----------
+        text : str
+            The JSON text.
+        source : str, default "model card"
+            Where it comes from (a path), for the messages.
+
+        Returns
+        -------
+        ModelCard
+            The card.
+
+        Raises
+        ------
+        BadInput
+            If the text is not JSON or not a valid card.
+        """
         try:
             d = json.loads(text)
             check_card_fields(d, source)
@@ -130,7 +163,13 @@ class ModelCard:
         return card
 
     def adapter_kwargs(self) -> dict:
-        """``mean``/``std``/``size`` for :class:`~workbench.adapter.ModelAdapter` from ``preprocess``."""
+        """``mean``/``std``/``size`` for :class:`~workbench.adapter.ModelAdapter` from ``preprocess``.
+
+        Returns
+        -------
+        dict
+            Keyword arguments for :func:`workbench.adapter.as_model` (empty without preprocessing).
+        """
         p = self.preprocess or {}
         out: dict[str, Any] = {}
         if p.get("mean") is not None:
@@ -260,7 +299,13 @@ class LoadedModel:
 
     @property
     def module(self) -> nn.Module:
-        """The user's own module inside the adapter."""
+        """The user's own module inside the adapter.
+
+        Returns
+        -------
+        nn.Module or callable
+            See :func:`workbench.adapter.unwrap`.
+        """
         return unwrap(self.model)
 
     def fresh(self, seed: int = 0, input_shape: tuple[int, int, int] | None = None) -> ModelAdapter:
