@@ -477,18 +477,54 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
         """Subclasses reject layers they cannot use (e.g. proper NormGrad needs a Conv2d)."""
 
     def maps_from(self, cap: LayerCapture) -> dict[str, torch.Tensor]:
+        """The method's maps from one capture (implemented by each method).
+
+        Parameters
+        ----------
+        cap : LayerCapture
+            What the forward (and backward) saw.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Layer name → N×1×h×w map.
+        """
         raise NotImplementedError
 
     def settings(self) -> dict:
-        """The method's options (for reports and for rebuilding it on another model)."""
+        """The method's options (for reports and for rebuilding it on another model).
+
+        Returns
+        -------
+        dict
+            Keyword arguments of the constructor (empty for the base class).
+        """
         return {}
 
     def clone_for(self, model: nn.Module) -> LayerSaliency:
-        """The same method and layers on another model with the same layer names."""
+        """The same method and layers on another model with the same layer names.
+
+        Parameters
+        ----------
+        model : nn.Module
+            The other model (e.g. a randomised copy).
+
+        Returns
+        -------
+        LayerSaliency
+            A new method of the same type and settings.
+        """
         return type(self)(model, list(self.layer_names), **self.settings())
 
     @property
     def multiplies_by_inputs(self) -> bool:
+        """Captum's flag: the maps are not multiplied by the inputs.
+
+        Returns
+        -------
+        bool
+            False.
+        """
         return False
 
     def has_convergence_delta(self) -> bool:
@@ -496,7 +532,27 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
 
     # ---------------------------------------------------------------- capture
     def layout_of(self, name: str, a: torch.Tensor | None, input_shape: tuple[int, ...]):
-        """How layer ``name``'s output ``a`` is read as N×C×H×W (:func:`workbench.layers.spatial_layout`)."""
+        """How layer ``name``'s output ``a`` is read as N×C×H×W (:func:`workbench.layers.spatial_layout`).
+
+        Parameters
+        ----------
+        name : str
+            One of the method's layers.
+        a : torch.Tensor or None
+            Its output (``None`` if it did not run).
+        input_shape : tuple of int
+            ``(C, H, W)`` of the inputs.
+
+        Returns
+        -------
+        Layout
+            The layout.
+
+        Raises
+        ------
+        BadInput
+            If the layer did not run or is not spatial (the message lists the spatial layers).
+        """
         if a is None:
             raise BadInput(f"layer {name!r} did not run in the forward pass of this model")
         module = self.layer_modules[self.layer_names.index(name)]
@@ -592,13 +648,43 @@ class LayerSaliency(LayerAttribution, GradientAttribution):
         return tuple(maps[n] for n in self.layer_names)
 
     def attribute_upsampled(self, inputs: torch.Tensor, target: TargetSpec = None) -> dict[str, torch.Tensor]:
-        """Every layer's map resized to the input (bilinear) and min-max normalised per map."""
+        """Every layer's map resized to the input (bilinear) and min-max normalised per map.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            N×C×H×W images.
+        target : int, sequence of int, torch.Tensor or None
+            The class(es) to explain (default: the predicted class).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Layer name → N×1×H×W map in [0, 1].
+        """
         size = tuple(inputs.shape[-2:])
         return {n: upsample(m, size) for n, m in self.attribute_layers(inputs, target).items()}
 
     def attribute_combined(self, inputs: torch.Tensor, target: TargetSpec = None, *, mode: str = "geometric",
                            weights: Sequence[float] | None = None) -> torch.Tensor:
-        """The layers' maps combined (see :func:`combine_maps`) from one forward and one backward."""
+        """The layers' maps combined (see :func:`combine_maps`) from one forward and one backward.
+
+        Parameters
+        ----------
+        inputs : torch.Tensor
+            N×C×H×W images.
+        target : int, sequence of int, torch.Tensor or None
+            The class(es) to explain (default: the predicted class).
+        mode : {"geometric", "sum"}, default "geometric"
+            How to combine.
+        weights : sequence of float, optional
+            One weight per layer (default uniform).
+
+        Returns
+        -------
+        torch.Tensor
+            N×1×H×W in [0, 1].
+        """
         maps = self.attribute_layers(inputs, target)
         return combine_maps([maps[n] for n in self.layer_names], tuple(inputs.shape[-2:]), mode=mode,
                             weights=weights)
