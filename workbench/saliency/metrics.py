@@ -166,10 +166,24 @@ class DeletionInsertion:
 
     @property
     def deletion(self) -> float:
+        """Mean deletion AUC over the images (lower is better).
+
+        Returns
+        -------
+        float
+            In [0, 1].
+        """
         return float(np.mean(self.deletion_auc))
 
     @property
     def insertion(self) -> float:
+        """Mean insertion AUC over the images (higher is better).
+
+        Returns
+        -------
+        float
+            In [0, 1].
+        """
         return float(np.mean(self.insertion_auc))
 
 
@@ -294,6 +308,13 @@ class PointingGame:
 
     @property
     def accuracy(self) -> float:
+        """Share of maps that hit their box.
+
+        Returns
+        -------
+        float
+            In [0, 1].
+        """
         return float(np.mean(self.hits))
 
 
