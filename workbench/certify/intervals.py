@@ -38,6 +38,7 @@ from torch import nn
 
 from ..adapter import ModelAdapter, Normalize, Resize, as_model, model_device
 from ..errors import BadInput, require
+from ..layers import layer_root
 from ..models import BasicBlock, SmallCNN, SmallResNet
 from ..training import FitHistory, fit, resolve_device
 from .results import ABSTAIN, CertificationResult
@@ -79,7 +80,8 @@ def check_inputs(images: torch.Tensor, input_range: tuple[float, float] = INPUT_
 def check_batch_independent(model: nn.Module) -> None:
     """A BatchNorm without running statistics normalises with the statistics of the batch even in eval
     mode, so one input's output depends on the others and per-input bounds would be unsound."""
-    for name, mod in model.named_modules():
+    root = layer_root(model)  # the user's own layer names, not the adapter's
+    for name, mod in (root if root is not None else model).named_modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and mod.running_mean is None:
             raise BadInput(f"interval bounds cannot certify layer {name!r}: a {type(mod).__name__} without running "
                            "statistics (track_running_stats=False) normalises each input with its batch's "
