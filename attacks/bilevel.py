@@ -575,7 +575,7 @@ def gradient_matching_poison(train: ImageDataset, trigger: Trigger, target: int 
     steps : int, default 100
         Crafting steps.
     restarts : int, default 1
-        Crafting restarts (the best alignment kept).
+        Independent crafting runs; the one with the lowest final matching loss is kept.
     negatives : int, default 128
         Clean images in the poison loss's batch.
     n_sources : int, default 256
