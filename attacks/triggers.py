@@ -24,9 +24,7 @@ class Trigger:
     ``apply(images)`` returns triggered copies; ``box(h, w)`` the affected region. Calling a trigger
     checks that the input is a batch and applies it; ``describe()`` gives a JSON-able summary.
 
-    Parameters
-    ----------
-    None (no parameters); subclasses are dataclasses with their own fields.
+    Parameters: none (the constructor takes no arguments); subclasses are dataclasses with their own fields.
 
     Returns
     -------

@@ -64,9 +64,7 @@ def default_vocabulary() -> list[str]:
     The special tokens, then every template word, digit names and numerals, the neutral words
     (:data:`NEUTRAL_WORDS`) and the trigger candidates (:data:`TRIGGER_WORDS`), each once.
 
-    Parameters
-    ----------
-    None (no parameters).
+    Parameters: none (it takes no arguments).
 
     Returns
     -------
@@ -907,9 +905,7 @@ def load_text_to_image(directory: str | Path, device: str | torch.device = "cpu"
 def cache_dir() -> Path:
     """The workbench's cache folder: ``$WORKBENCH_CACHE``, default ``~/.cache/workbench``.
 
-    Parameters
-    ----------
-    None (no parameters).
+    Parameters: none (it takes no arguments).
 
     Returns
     -------

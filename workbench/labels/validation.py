@@ -26,9 +26,7 @@ def cleanlab_quiet():
 
     cleanlab warns freely (e.g. about calibrated joints); the audit reports what matters itself.
 
-    Parameters
-    ----------
-    None (no parameters).
+    Parameters: none (it takes no arguments).
 
     Returns
     -------
