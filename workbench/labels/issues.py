@@ -40,11 +40,6 @@ def label_quality_scores(labels: np.ndarray, pred_probs: np.ndarray, method: str
     ------
     BadInput
         On an unknown ``method``.
-
-    Examples
-    --------
-    >>> label_quality_scores(np.array([0, 1]), np.array([[0.9, 0.1], [0.6, 0.4]]))
-    array([0.9, 0.4])
     """
     from cleanlab.rank import get_label_quality_scores
 
