@@ -42,13 +42,6 @@ def noise_matrix(num_classes: int, *, kind: str = "asymmetric", rate: float = 0.
     ------
     BadInput
         On an unknown ``kind``, a rate out of range, or when cleanlab finds no valid matrix.
-
-    Examples
-    --------
-    >>> noise_matrix(3, kind="symmetric", rate=0.2)
-    array([[0.8, 0.1, 0.1],
-           [0.1, 0.8, 0.1],
-           [0.1, 0.1, 0.8]])
     """
     from cleanlab.benchmarking.noise_generation import generate_noise_matrix_from_trace
 
