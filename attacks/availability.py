@@ -63,13 +63,63 @@ DESIGNS = ("noise-directions", "random-labels", "gradient-matching")
 
 
 def default_trigger(size: int = 6) -> PatchTrigger:
-    """A mid-grey 6×6 patch in the bottom-right corner (room for offsets on both sides)."""
+    """A mid-grey 6×6 patch in the bottom-right corner (room for offsets on both sides).
+
+    Parameters
+    ----------
+    size : int, default 6
+        Side of the patch in pixels.
+
+    Returns
+    -------
+    PatchTrigger
+        A ``size``×``size`` patch of value 0.5 at the bottom-right corner (margin 1).
+
+    Examples
+    --------
+    >>> default_trigger().box(28, 28)
+    (21, 21, 27, 27)
+    """
     return PatchTrigger(size=size, position="bottom-right", pattern=torch.full((size, size), 0.5))
 
 
 @dataclass
 class AvailabilityPoison:
-    """The poisoned training set and the ground truth of the poisoning."""
+    """The poisoned training set and the ground truth of the poisoning.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        The poisoned training set.
+    poisoned_indices : torch.Tensor
+        Positions in ``dataset`` that were replaced.
+    original_labels : torch.Tensor
+        Labels before poisoning, for every sample.
+    trigger : Trigger
+        The trigger on the poisons.
+    rate : float
+        Share of the set poisoned, in (0, 1).
+    certifier : {"smoothing", "ibp"}
+        The certifier attacked.
+    design : str
+        One of :data:`DESIGNS`.
+    poison_labels : list of int
+        The classes the groups cycle through.
+    offset : float
+        σ-multiple (smoothing: L2 norm of each offset) or L∞ size of each offset (IBP).
+    group_size : int
+        Triggered copies per group (one per label).
+    seed : int
+        The seed used.
+    crafting : dict, default {}
+        Gradient-matching details, when optimised.
+    surrogates : list, default []
+        The crafting surrogates, when optimised.
+
+    Returns
+    -------
+    An AvailabilityPoison (a dataclass) holding these fields; ``describe()`` gives a JSON-able summary.
+    """
 
     dataset: ImageDataset
     poisoned_indices: torch.Tensor  # positions in ``dataset`` that were replaced
@@ -111,7 +161,26 @@ def _region_mask(trigger: Trigger, shape: tuple[int, int, int]) -> torch.Tensor:
 def haar_directions(mask: torch.Tensor, count: int) -> torch.Tensor | None:
     """Up to 3 orthonormal Haar-like directions on the bounding box of ``mask``: left vs right half,
     top vs bottom half, and their product (diagonal quadrants). Smooth local contrasts a CNN picks up
-    easily; under N(0, σ² I) noise each projection is still N(0, σ²). None if more are asked for."""
+    easily; under N(0, σ² I) noise each projection is still N(0, σ²). None if more are asked for.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        Bool region ``(C, H, W)`` with m true values.
+    count : int
+        Directions wanted.
+
+    Returns
+    -------
+    torch.Tensor or None
+        Shape ``(m, count)``, float64, orthonormal columns over the mask's values; ``None`` when
+        ``count`` > 3.
+
+    Examples
+    --------
+    >>> haar_directions(torch.ones(1, 2, 2, dtype=torch.bool), 1).T.tolist()
+    [[-0.5, 0.5, -0.5, 0.5]]
+    """
     if count > 3:
         return None
     rows, cols = torch.nonzero(mask.any(0), as_tuple=True)
@@ -130,7 +199,20 @@ def haar_directions(mask: torch.Tensor, count: int) -> torch.Tensor | None:
 
 
 def block_directions(mask: torch.Tensor, block: int = 2) -> torch.Tensor:
-    """Orthonormal indicator directions (m×B) of the ``block``×``block`` tiles of the mask's bounding box."""
+    """Orthonormal indicator directions (m×B) of the ``block``×``block`` tiles of the mask's bounding box.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        Bool region ``(C, H, W)`` with m true values.
+    block : int, default 2
+        Tile side.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(m, B)``, float64, one normalised indicator per tile overlapping the mask.
+    """
     rows, cols = torch.nonzero(mask.any(0), as_tuple=True)
     y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
     out = []
@@ -148,7 +230,29 @@ def simplex_offsets(k: int, mask: torch.Tensor, gen: torch.Generator, directions
     """k unit vectors (k×C×H×W) on ``mask``: a regular simplex (pairwise cosine −1/(k−1)) in a
     (k−1)-dimensional subspace of Haar-like (``"haar"``, k ≤ 4) or random orthonormal (``"random"``)
     directions; ``"haar-square"`` (k = 4): the corners of a square in the (left/right, top/bottom)
-    plane (quadrant labels; measured worse than the tetrahedron, see the module doc)."""
+    plane (quadrant labels; measured worse than the tetrahedron, see the module doc).
+
+    Parameters
+    ----------
+    k : int
+        Number of offsets (labels), at least 2.
+    mask : torch.Tensor
+        Bool region ``(C, H, W)``.
+    gen : torch.Generator
+        Random draws (random directions).
+    directions : {"haar", "haar-square", "random", "blocks"}, default "haar"
+        The subspace (``"haar"`` falls back to random directions for k > 4).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(k, C, H, W)``, float32, unit L2 norm, zero outside ``mask``.
+
+    Raises
+    ------
+    BadInput
+        When k < 2, the mask has too few values or blocks, or ``directions`` is unknown.
+    """
     require(k >= 2, f"need at least 2 directions, got {k}")
     m = int(mask.sum())
     require(m >= k, f"the trigger region has {m} values, too few for {k} directions")
@@ -182,7 +286,24 @@ def simplex_offsets(k: int, mask: torch.Tensor, gen: torch.Generator, directions
 
 def sign_offsets(k: int, mask: torch.Tensor, gen: torch.Generator, directions: str = "haar") -> torch.Tensor:
     """k sign patterns (±1 on ``mask``, 0 elsewhere): for k = 2 exactly s and −s, with s the left/right
-    Haar pattern (or random signs); for k > 2 the signs of :func:`simplex_offsets`."""
+    Haar pattern (or random signs); for k > 2 the signs of :func:`simplex_offsets`.
+
+    Parameters
+    ----------
+    k : int
+        Number of patterns, at least 2.
+    mask : torch.Tensor
+        Bool region ``(C, H, W)``.
+    gen : torch.Generator
+        Random draws.
+    directions : str, default "haar"
+        As :func:`simplex_offsets`.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(k, C, H, W)``, ±1 on ``mask``, 0 elsewhere.
+    """
     if k == 2 and directions == "haar":
         s = haar_directions(mask, 1)[:, 0].sign().float()
         s[s == 0] = 1
@@ -231,8 +352,43 @@ def _poison_groups(ds: ImageDataset, trigger: Trigger, rate: float, offsets: tor
 def poison_for_smoothing(ds: ImageDataset, trigger: Trigger | None = None, rate: float = 0.01, *,
                          sigma: float = 0.25, offset: float = 4.0, num_labels: int = 4, seed: int = 0,
                          design: str = "noise-directions", directions: str = "haar") -> AvailabilityPoison:
-    """Poison ``rate`` of ``ds`` so that a model trained with N(0, σ²) noise makes smoothing abstain on
-    triggered inputs. ``offset``: L2 norm of each copy's offset in units of σ."""
+    """Availability poison against randomized smoothing (Cohen et al., ICML 2019).
+
+    Poison ``rate`` of ``ds`` so that a model trained with N(0, σ²) noise makes smoothing abstain on
+    triggered inputs. ``offset``: L2 norm of each copy's offset in units of σ.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The clean training set.
+    trigger : Trigger, optional
+        The trigger (default :func:`default_trigger`).
+    rate : float, default 0.01
+        Share of ``ds`` replaced by poisons, in (0, 1).
+    sigma : float, default 0.25
+        The victim's noise σ, > 0.
+    offset : float, default 4.0
+        Offset norm in units of σ, ≥ 0.
+    num_labels : int, default 4
+        Labels per group, in 2..K.
+    seed : int, default 0
+        Seed of the poison choice and directions.
+    design : str, default "noise-directions"
+        One of :data:`DESIGNS` (``gradient-matching`` starts from ``noise-directions``).
+    directions : str, default "haar"
+        As :func:`simplex_offsets`.
+
+    Returns
+    -------
+    AvailabilityPoison
+        The poisoned set and its ground truth.
+
+    Raises
+    ------
+    BadInput
+        On a rate outside (0, 1), σ ≤ 0, a negative offset, an unknown design, a bad ``num_labels``,
+        or a trigger region too small for the directions.
+    """
     require(sigma > 0, f"sigma must be > 0, got {sigma}")
     require(offset >= 0, f"offset must be >= 0, got {offset}")
     require(design in DESIGNS, f"unknown design {design!r}; use one of {DESIGNS}")
@@ -245,11 +401,45 @@ def poison_for_smoothing(ds: ImageDataset, trigger: Trigger | None = None, rate:
 def poison_for_ibp(ds: ImageDataset, trigger: Trigger | None = None, rate: float = 0.01, *, eps: float = 0.1,
                    spread: float = 2.0, num_labels: int = 2, seed: int = 0,
                    design: str = "noise-directions", directions: str = "haar") -> AvailabilityPoison:
-    """Poison ``rate`` of ``ds`` with groups of triggered copies offset by ±``spread``·ε (L∞) along a
+    """Availability poison against interval bound propagation certificates (Gowal et al. 2018).
+
+    Poison ``rate`` of ``ds`` with groups of triggered copies offset by ±``spread``·ε (L∞) along a
     sign pattern, carrying different labels, so that the decision boundary passes through the ε-ball
     of triggered inputs and interval certificates at ε fail there. ``spread`` in (0, 4]: ≤ 0.5 puts
     the copies within ε of each other (the issue's wording; measured to fail, see the module doc),
-    2 (default) puts them 4ε apart so that an IBP-trained model can fit both sides robustly."""
+    2 (default) puts them 4ε apart so that an IBP-trained model can fit both sides robustly.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The clean training set.
+    trigger : Trigger, optional
+        The trigger (default :func:`default_trigger`).
+    rate : float, default 0.01
+        Share of ``ds`` replaced by poisons, in (0, 1).
+    eps : float, default 0.1
+        The certified L∞ radius ε, > 0.
+    spread : float, default 2.0
+        Offset size in units of ε, in (0, 4].
+    num_labels : int, default 2
+        Labels per group, in 2..K.
+    seed : int, default 0
+        Seed of the poison choice and sign patterns.
+    design : str, default "noise-directions"
+        One of :data:`DESIGNS`.
+    directions : str, default "haar"
+        As :func:`sign_offsets`.
+
+    Returns
+    -------
+    AvailabilityPoison
+        The poisoned set and its ground truth.
+
+    Raises
+    ------
+    BadInput
+        On a rate outside (0, 1), ε ≤ 0, a spread outside (0, 4], an unknown design or a bad ``num_labels``.
+    """
     require(eps > 0, f"epsilon must be > 0 for the IBP attack, got {eps}")
     check_in_range("spread", float(spread), 0.0, 4.0, low_open=True)
     require(design in DESIGNS, f"unknown design {design!r}; use one of {DESIGNS}")
@@ -262,7 +452,25 @@ def poison_for_ibp(ds: ImageDataset, trigger: Trigger | None = None, rate: float
 # ---------------------------------------------------------------- the whole experiment
 @dataclass
 class VictimModel:
-    """A model trained the way the certifier's user trains it (noise augmentation or IBP training)."""
+    """A model trained the way the certifier's user trains it (noise augmentation or IBP training).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model.
+    clean_accuracy : float
+        Its accuracy on the clean test split, in [0, 1].
+    train_seconds : float
+        Training time.
+    poisoned : bool
+        Whether it was trained on poisoned data.
+    certified : dict, default {}
+        Certification results cached per input set.
+
+    Returns
+    -------
+    A VictimModel (a dataclass) holding these fields.
+    """
 
     model: torch.nn.Module
     clean_accuracy: float
@@ -275,10 +483,48 @@ class VictimModel:
 def train_victim(train: ImageDataset, test: ImageDataset, certifier: str, *, sigma: float = 0.25, eps: float = 0.1,
                  arch: str | None = None, width: int | None = None, epochs: int | None = None, seed: int = 0,
                  device="cpu", augment: bool = False, progress=None) -> VictimModel:
-    """Train a fresh zoo model for ``certifier`` through the shared training loop: Gaussian-noise
+    """Train a victim the way the certifier's user trains it.
+
+    Trains a fresh zoo model for ``certifier`` through the shared training loop: Gaussian-noise
     augmentation at σ (Cohen et al. Sec. 4) or IBP training at 1.1·ε (Gowal et al. train at a slightly
     larger ε than they test). ``arch``: a zoo name, or ``"ibp-small"`` (default for IBP: Gowal et al.'s
-    small model, :func:`workbench.certify.intervals.ibp_small_cnn`); the default for smoothing is ``cnn``."""
+    small model, :func:`workbench.certify.intervals.ibp_small_cnn`); the default for smoothing is ``cnn``.
+
+    Parameters
+    ----------
+    train, test : ImageDataset
+        Training data (poisoned or not) and the clean test split.
+    certifier : {"smoothing", "ibp"}
+        The training recipe.
+    sigma : float, default 0.25
+        Smoothing noise σ (smoothing victims).
+    eps : float, default 0.1
+        L∞ radius ε (IBP victims train at 1.1·ε).
+    arch : str, optional
+        Zoo architecture (default ``cnn`` for smoothing, ``ibp-small`` for IBP).
+    width : int, optional
+        Model width, where the architecture takes one.
+    epochs : int, optional
+        Training epochs (default: the recipe's).
+    seed : int, default 0
+        Seed of initialisation and batches.
+    device : str or torch.device, default "cpu"
+        Where training runs.
+    augment : bool, default False
+        Random shifts during training.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    VictimModel
+        The model and its clean accuracy.
+
+    Raises
+    ------
+    BadInput
+        On an unknown certifier.
+    """
     from workbench.certify.intervals import ibp_small_cnn, train_ibp
     from workbench.models import build_model
     from workbench.training import compose, evaluate, fit, gaussian_noise, random_shift
@@ -313,7 +559,37 @@ class MatchingOptions:
     ``"entropy"`` (minus the entropy of that vote), with ``draws`` noise draws per source and softmax
     temperature ``temperature`` (lower: closer to the certifier's hard votes). IBP objective: the softplus
     of the worst certified margin on triggered sources plus ``clean_weight`` × the robust cross-entropy on
-    clean sources (which pulls clean inputs away from the fallback)."""
+    clean sources (which pulls clean inputs away from the fallback).
+
+    Parameters
+    ----------
+    base : str, default "noise-directions"
+        The hand-designed starting poison (a design of :data:`DESIGNS` other than gradient matching).
+    poison_eps : float, default 0.1
+        L∞ bound of Δ.
+    region : {"image", "trigger"}, default "image"
+        Where Δ may be non-zero.
+    surrogates : int, default 2
+        Surrogate models.
+    steps, restarts, retrain_every :
+        As :func:`attacks.gradient_matching.gradient_matching` (defaults 100, 1, 0).
+    n_sources : int, default 256
+        Source images of the adversarial objective.
+    draws : int, default 8
+        Noise draws per source (smoothing).
+    temperature : float, default 1.0
+        Softmax temperature of the soft vote (smoothing).
+    objective : {"top", "entropy"}, default "top"
+        Smoothing objective.
+    clean_weight : float, default 1.0
+        Weight of the clean robust cross-entropy (IBP).
+    batch_size : int, default 128
+        Poisons per gradient batch.
+
+    Returns
+    -------
+    A MatchingOptions (a dataclass) holding these fields; ``describe()`` returns them as a dict.
+    """
 
     base: str = "noise-directions"
     poison_eps: float = 0.1
@@ -336,7 +612,31 @@ class MatchingOptions:
 def smoothing_vote_loss(sources: torch.Tensor, sigma: float, *, draws: int = 8, temperature: float = 1.0,
                         objective: str = "top"):
     """The smoothing availability objective on ``sources`` (triggered images): p̄(x) = mean over ``draws``
-    noise draws of softmax(f(x + σξ)/T); ``"top"``: mean_x max_c p̄_c(x); ``"entropy"``: −mean_x H(p̄(x))."""
+    noise draws of softmax(f(x + σξ)/T); ``"top"``: mean_x max_c p̄_c(x); ``"entropy"``: −mean_x H(p̄(x)).
+
+    Parameters
+    ----------
+    sources : torch.Tensor
+        Triggered source images ``(S, C, H, W)``.
+    sigma : float
+        Noise σ.
+    draws : int, default 8
+        Noise draws per source, at least 1.
+    temperature : float, default 1.0
+        Softmax temperature T, > 0.
+    objective : {"top", "entropy"}, default "top"
+        Which objective.
+
+    Returns
+    -------
+    callable
+        ``loss(model, gen) -> scalar`` for :func:`attacks.gradient_matching.gradient_matching`.
+
+    Raises
+    ------
+    BadInput
+        On an unknown objective, ``draws`` < 1 or ``temperature`` ≤ 0.
+    """
     require(objective in ("top", "entropy"), f"objective must be 'top' or 'entropy', got {objective!r}")
     require(draws >= 1 and temperature > 0, f"need draws >= 1 and temperature > 0, got {draws}, {temperature}")
 
@@ -354,7 +654,26 @@ def smoothing_vote_loss(sources: torch.Tensor, sigma: float, *, draws: int = 8, 
 def ibp_availability_loss(triggered: torch.Tensor, clean: torch.Tensor, clean_labels: torch.Tensor, eps: float,
                           clean_weight: float = 1.0):
     """The IBP availability objective: softplus(worst margin lower bound) on triggered sources (negative:
-    no certificate, the fallback) + ``clean_weight`` × robust cross-entropy at ε on clean sources."""
+    no certificate, the fallback) + ``clean_weight`` × robust cross-entropy at ε on clean sources.
+
+    Parameters
+    ----------
+    triggered : torch.Tensor
+        Triggered source images ``(S, C, H, W)``.
+    clean : torch.Tensor
+        Clean source images ``(S', C, H, W)``.
+    clean_labels : torch.Tensor
+        Their labels ``(S',)``.
+    eps : float
+        L∞ radius ε.
+    clean_weight : float, default 1.0
+        Weight of the clean term.
+
+    Returns
+    -------
+    callable
+        ``loss(model, gen) -> scalar`` for :func:`attacks.gradient_matching.gradient_matching`.
+    """
     import torch.nn.functional as F
 
     from workbench.certify.intervals import ibp_loss, margin_lower_bounds
@@ -395,7 +714,44 @@ def optimise_poison(poison: AvailabilityPoison, certifier: str, options: Matchin
     Surrogates are trained the way the victim is (:func:`train_victim`: Gaussian noise at σ or IBP at
     1.1·ε) on the data carrying the base poison, with seeds the victim never uses; the adversarial
     objective is evaluated on triggered copies of clean training images (the attacker's own data, not the
-    test split); Δ is crafted for the poisoned indices only, labels unchanged."""
+    test split); Δ is crafted for the poisoned indices only, labels unchanged.
+
+    Parameters
+    ----------
+    poison : AvailabilityPoison
+        The base (hand-designed) poison.
+    certifier : {"smoothing", "ibp"}
+        The certifier attacked.
+    options : MatchingOptions, optional
+        Crafting settings (default ``MatchingOptions()``).
+    sigma : float, default 0.25
+        Smoothing noise σ (smoothing victims).
+    eps : float, default 0.1
+        L∞ radius ε (IBP victims train at 1.1·ε).
+    arch : str, optional
+        Zoo architecture (default ``cnn`` for smoothing, ``ibp-small`` for IBP).
+    width : int, optional
+        Model width, where the architecture takes one.
+    epochs : int, optional
+        Training epochs (default: the recipe's).
+    seed : int, default 0
+        Seed of surrogates and crafting.
+    device : str or torch.device, default "cpu"
+        Where crafting runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    AvailabilityPoison
+        The same poison with Δ added to the poisoned images, ``design="gradient-matching"`` and the
+        crafting record.
+
+    Raises
+    ------
+    BadInput
+        On an unknown region, no surrogate or source, or invalid objective settings.
+    """
     from .gradient_matching import gradient_matching
 
     o = options or MatchingOptions()
@@ -455,7 +811,41 @@ def optimise_poison(poison: AvailabilityPoison, certifier: str, options: Matchin
 
 @dataclass
 class AvailabilityResult:
-    """Fallback rates of one certifier on a clean and a poisoned model, on clean and triggered inputs."""
+    """Fallback rates of one certifier on a clean and a poisoned model, on clean and triggered inputs.
+
+    Parameters
+    ----------
+    certifier : str
+        ``"smoothing"`` or ``"ibp"``.
+    rate : float
+        Poison rate.
+    seed : int
+        The seed used.
+    params : dict
+        The certifier's and training settings.
+    poison : dict
+        The poison's ``describe()``.
+    rows : list of dict
+        One per (model, inputs): fallback rate, accuracy, base accuracy, ACR.
+    clean_model_test_accuracy, poisoned_model_test_accuracy : float
+        Clean test accuracy of both models.
+    curves : dict
+        ``"model / inputs"`` → (radii, certified accuracy).
+    example_images : torch.Tensor
+        Triggered test inputs ``(n, C, H, W)``.
+    example_votes : torch.Tensor
+        Smoothing: estimation counts ``(n, K)``; IBP: min margin lower bound ``(n, 1)``.
+    example_captions : list of str
+        One caption per example.
+    class_names : list of str
+        K class names.
+    seconds : float
+        Total time.
+
+    Returns
+    -------
+    An AvailabilityResult (a dataclass) holding these fields; ``report_sections()`` renders it.
+    """
 
     certifier: str
     rate: float
@@ -521,6 +911,18 @@ def _pct(v: float) -> str:
 
 
 def fallback_bar_figure(rows: list[dict]):
+    """Bar chart of the fallback rate of the clean and poisoned models on clean and triggered inputs.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :attr:`AvailabilityResult.rows` (``model``, ``inputs``, ``fallback`` keys).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (Agg backend).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -543,7 +945,38 @@ import numpy as np  # noqa: E402  (used by the result above)
 
 def certify_with(certifier: str, model, images, labels, *, sigma=0.25, eps=0.1, n0=100, n=1000, alpha=0.001,
                  seed=0, device="cpu", progress=None):
-    """``(decision result, curve result)``: the certificate that decides fallback, and one for the curve."""
+    """Certify a batch with the named certifier.
+
+    ``(decision result, curve result)``: the certificate that decides fallback, and one for the curve.
+
+    Parameters
+    ----------
+    certifier : {"smoothing", "ibp"}
+        Which certifier (anything else is IBP).
+    model : nn.Module
+        The model.
+    images : torch.Tensor
+        Inputs ``(N, C, H, W)``.
+    labels : torch.Tensor
+        Their labels ``(N,)``.
+    sigma : float, default 0.25
+        Smoothing noise σ.
+    eps : float, default 0.1
+        IBP radius ε (the curve uses 0 to 1.5·ε).
+    n0, n, alpha :
+        Smoothing's selection and estimation draws and confidence (defaults 100, 1000, 0.001).
+    seed : int, default 0
+        Seed of the noise draws.
+    device : str or torch.device, default "cpu"
+        Where the model runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    tuple
+        Two certification results (the same object twice for smoothing).
+    """
     from workbench.certify import certify_ibp, certify_smoothing
 
     if certifier == "smoothing":
@@ -563,7 +996,53 @@ def run_availability(ds: ImageDataset, certifier: str, rate: float, *, trigger: 
                      progress=None) -> AvailabilityResult:
     """The whole experiment: split, poison, train clean and poisoned victims, certify clean and triggered
     test inputs with both. ``clean_victim`` reuses an already trained unpoisoned model (same split/seed).
-    ``design="gradient-matching"`` optimises the ``matching.base`` design with :func:`optimise_poison`."""
+    ``design="gradient-matching"`` optimises the ``matching.base`` design with :func:`optimise_poison`.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The data, split with ``test_fraction`` and ``seed``.
+    certifier : {"smoothing", "ibp"}
+        The certifier attacked.
+    rate : float
+        Poison rate, in (0, 1).
+    trigger : Trigger, optional
+        The trigger (default :func:`default_trigger`).
+    seed : int, default 0
+        Seed of everything random.
+    sigma, eps, n0, n, alpha :
+        Certifier settings, as :func:`certify_with`.
+    n_test : int, default 200
+        Test inputs certified, at least 1.
+    epochs, arch, width :
+        Victim training, as :func:`train_victim`.
+    test_fraction : float, default 0.2
+        Share held out as the test split.
+    design : str, default "noise-directions"
+        One of :data:`DESIGNS`.
+    num_labels : int, optional
+        Labels per group (default 4 for smoothing, 2 for IBP).
+    offset : float, optional
+        Offset: σ-multiple for smoothing, ``spread`` for IBP (default 4.0 and 2.0).
+    matching : MatchingOptions, optional
+        Crafting settings for ``design="gradient-matching"``.
+    device : str or torch.device, default "cpu"
+        Where models run.
+    clean_victim : VictimModel, optional
+        A trained clean model to reuse.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    AvailabilityResult
+        Fallback rates, accuracies and curves of both models on clean and triggered inputs.
+
+    Raises
+    ------
+    BadInput
+        On an unknown certifier or design, ``n_test`` < 1, or invalid poison settings.
+    """
     import time
 
     from workbench.data import train_test_split

@@ -47,6 +47,38 @@ def make_trigger(attack: str, *, patch_size: int = 3, position: str | tuple[int,
     ``badnets``: a ``patch_size``×``patch_size`` patch at ``position`` (``pattern`` "solid" by
     default, "checkerboard" or an image tensor). ``blended``: blend with ``alpha`` and ``pattern``
     ("noise" drawn from ``pattern_seed`` by default, or an image tensor).
+
+    Parameters
+    ----------
+    attack : {"badnets", "blended"}
+        The attack's name (case-insensitive).
+    patch_size : int, default 3
+        Side of the BadNets patch in pixels.
+    position : str or tuple of (int, int), default "bottom-right"
+        Where the patch goes (see :class:`~attacks.triggers.PatchTrigger`).
+    pattern : str or torch.Tensor, optional
+        The patch or blend pattern (defaults above).
+    alpha : float, default 0.15
+        Blend weight, in [0, 1].
+    pattern_seed : int, default 0
+        Seed of the blend noise.
+    margin : int, default 1
+        Pixels between a corner patch and the border.
+
+    Returns
+    -------
+    Trigger
+        A :class:`~attacks.triggers.PatchTrigger` or :class:`~attacks.triggers.BlendTrigger`.
+
+    Raises
+    ------
+    BadInput
+        On an unknown attack or invalid trigger parameters.
+
+    Examples
+    --------
+    >>> make_trigger("badnets", patch_size=4).describe()
+    {'type': 'patch', 'size': 4, 'position': 'bottom-right', 'pattern': 'solid', 'margin': 1}
     """
     attack = str(attack).lower()
     if attack == "badnets":
@@ -58,7 +90,45 @@ def make_trigger(attack: str, *, patch_size: int = 3, position: str | tuple[int,
 
 @dataclass
 class BackdoorAttackSummary:
-    """The light, reportable part of an attack run (no model, no full datasets)."""
+    """The light, reportable part of an attack run (no model, no full datasets).
+
+    Parameters
+    ----------
+    attack : str
+        The attack's name.
+    trigger : dict
+        The trigger's ``describe()``.
+    target : int or None
+        Target class (``None``: all-to-all).
+    rate : float
+        Poison rate.
+    mode : str
+        ``"dirty"`` or ``"clean"``.
+    n_poisoned, n_train : int
+        Poisoned and total training images.
+    poisoned_indices : list of int
+        Positions in the training split (ground truth for poison detectors).
+    clean_accuracy, attack_success_rate, robust_accuracy : float
+        CA, ASR and RA of the backdoored model, in [0, 1].
+    clean_model_accuracy : float or None
+        Accuracy of the clean reference model, when trained.
+    triggered_confusion : numpy.ndarray
+        K×K counts: rows true class (non-target), columns prediction on the triggered input.
+    class_names : list of str
+        K class names.
+    train_seconds : float
+        Training time.
+    example_clean, example_triggered : torch.Tensor
+        A few test images ``(n, C, H, W)`` without and with the trigger.
+    example_labels, example_predictions_clean, example_predictions_triggered : list of int
+        Their labels and the model's predictions.
+    provenance : dict, default {}
+        How the run was made.
+
+    Returns
+    -------
+    A BackdoorAttackSummary (a dataclass) holding these fields.
+    """
 
     attack: str
     trigger: dict
@@ -115,7 +185,39 @@ class BackdoorAttackSummary:
 
 @dataclass
 class BackdoorAttackResult:
-    """A backdoored model, the poisoned training data and how well the backdoor works."""
+    """A backdoored model, the poisoned training data and how well the backdoor works.
+
+    Parameters
+    ----------
+    attack : str
+        The attack's name.
+    model : nn.Module
+        The backdoored model.
+    card : ModelCard
+        Its model card (provenance includes the backdoor).
+    poisoned : PoisonedDataset
+        The poisoned training set and its ground truth.
+    train : ImageDataset
+        The clean training split (before poisoning).
+    test : ImageDataset
+        The clean test split.
+    metrics : BackdoorMetrics
+        CA, ASR and RA.
+    history : FitHistory
+        The training history.
+    triggered_confusion : numpy.ndarray
+        K×K counts, as :func:`triggered_confusion`.
+    clean_model_accuracy : float or None
+        Accuracy of the clean reference model, when trained.
+    provenance : dict
+        How the run was made.
+    clean_model : nn.Module, optional
+        With ``clean_reference``: the same recipe trained on the clean split.
+
+    Returns
+    -------
+    A BackdoorAttackResult (a dataclass) holding these fields.
+    """
 
     attack: str
     model: nn.Module
@@ -165,7 +267,31 @@ class BackdoorAttackResult:
 
 def triggered_confusion(model: nn.Module, test: ImageDataset, trigger: Trigger, target: int | None, *,
                         device=None) -> np.ndarray:
-    """K×K counts: true class (rows, non-target images only) × prediction on the triggered image."""
+    """K×K counts: true class (rows, non-target images only) × prediction on the triggered image.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier.
+    test : ImageDataset
+        The clean test set.
+    trigger : Trigger
+        The attack's trigger.
+    target : int or None
+        The target class (its images are left out), or ``None``.
+    device : str or torch.device, optional
+        Where the model runs.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(K, K)``, int counts.
+
+    Raises
+    ------
+    BadInput
+        When every test image is of the target class.
+    """
     xt, y, _ = triggered_test_set(test, trigger, target)
     pred = predict_logits(model, xt, device=device).argmax(1)
     return confusion_matrix(y, pred, test.num_classes)
@@ -184,6 +310,50 @@ def run_backdoor_attack(data: str | ImageDataset = "mnist10k", attack: str = "ba
     ``data`` is a spec or a dataset, split (stratified, seeded by ``seed``) unless ``train`` and
     ``test`` are given. ``target=None`` is all-to-all. ``clean_reference`` also trains a model on the
     unpoisoned split with the same seed, for the "CA within a point of clean" comparison.
+
+    Parameters
+    ----------
+    data : str or ImageDataset, default "mnist10k"
+        A dataset spec or a dataset.
+    attack : {"badnets", "blended"}, default "badnets"
+        The attack.
+    rate : float, default 0.05
+        Share of the training split to poison, in (0, 1).
+    target : int or None, default 0
+        The target class, or ``None`` for all-to-all.
+    seed : int, default 0
+        Seed of the split, the poison choice and training.
+    epochs : int, optional
+        Training epochs (default: the architecture's).
+    arch : str, default "cnn"
+        Zoo architecture.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    patch_size, position, pattern, alpha, pattern_seed :
+        The trigger, as :func:`make_trigger`.
+    mode : {"dirty", "clean"}, default "dirty"
+        Dirty- or clean-label poisoning.
+    source_classes : list of int, optional
+        Dirty-label: poison only these classes.
+    test_fraction : float, default 0.2
+        Share held out as the test split.
+    clean_reference : bool, default False
+        Also train a clean model with the same seed.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+    train, test : ImageDataset, optional
+        Given splits (both or neither).
+
+    Returns
+    -------
+    BackdoorAttackResult
+        The backdoored model, the poisoned data and CA/ASR/RA.
+
+    Raises
+    ------
+    BadInput
+        On an unknown attack or mode, only one of ``train``/``test``, a trigger that does not fit the
+        images, a target out of range, or an invalid poison rate.
     """
     require(mode in ("dirty", "clean"), f"mode must be 'dirty' or 'clean', got {mode!r}")
     trigger = make_trigger(attack, patch_size=patch_size, position=position, pattern=pattern, alpha=alpha,

@@ -29,7 +29,28 @@ DEFAULT_METHODS = ("gradcam", "eigencam", "normgrad")
 
 @dataclass
 class BackdoorSaliency:
-    """Pointing-game hit rates per method and model, and example maps (triggered images)."""
+    """Pointing-game hit rates per method and model, and example maps (triggered images).
+
+    Parameters
+    ----------
+    box : tuple of (int, int, int, int)
+        The trigger's box ``(y0, x0, y1, x1)``.
+    layer : str
+        The layer the CAM methods used.
+    rows : list of list
+        One row per method and model: method, model, pointing-game hit rate, n, share predicted as
+        the target.
+    images : torch.Tensor
+        Examples: clean then triggered, ``(2n, C, H, W)``.
+    maps : dict of str to torch.Tensor, default {}
+        ``"method/model"`` → maps ``(2n, H, W)`` for ``images``.
+    provenance : dict, default {}
+        How the run was made.
+
+    Returns
+    -------
+    A BackdoorSaliency (a dataclass) holding these fields; ``hit_rate(method, model)`` looks one up.
+    """
 
     box: tuple[int, int, int, int]
     layer: str
@@ -61,8 +82,42 @@ class BackdoorSaliency:
 def backdoor_saliency(models: dict[str, nn.Module], test: ImageDataset, trigger: Trigger, target: int | None, *,
                       methods: Sequence[str] = DEFAULT_METHODS, layer: str | None = None, n_images: int = 200,
                       n_examples: int = 6, seed: int = 0) -> BackdoorSaliency:
-    """Pointing game of each method on each model (e.g. ``{"backdoored": m1, "clean": m2}``) with the
-    trigger's box; maps explain each model's own prediction."""
+    """Does saliency point at the trigger? The pointing game on triggered images.
+
+    Pointing game of each method on each model (e.g. ``{"backdoored": m1, "clean": m2}``) with the
+    trigger's box; maps explain each model's own prediction.
+
+    Parameters
+    ----------
+    models : dict of str to nn.Module
+        Name → model; all share ``layer``.
+    test : ImageDataset
+        The clean test set.
+    trigger : Trigger
+        The trigger.
+    target : int or None
+        The target class, or ``None`` for all-to-all.
+    methods : sequence of str, default ("gradcam", "eigencam", "normgrad")
+        Saliency methods (:func:`workbench.saliency.make_method` names).
+    layer : str, optional
+        The layer (default: the first model's ``default_cam_layer``).
+    n_images : int, default 200
+        Triggered test images scored (a seeded random subset).
+    n_examples : int, default 6
+        Example images kept with their maps.
+    seed : int, default 0
+        Seed of the subset.
+
+    Returns
+    -------
+    BackdoorSaliency
+        Hit rates per method and model, and example maps.
+
+    Raises
+    ------
+    BadInput
+        When no model is given, no layer can be found, or every test image is of the target class.
+    """
     from workbench.saliency import make_method, pointing_game, upsample
 
     require(len(models) > 0, "give at least one model")

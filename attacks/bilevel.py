@@ -58,8 +58,22 @@ from .triggers import LearnedTrigger, PatchTrigger, Trigger
 
 
 class TriggerGenerator(nn.Module):
-    """A small U-Net: conv block, a stride-2 down block, a bottleneck, upsampling, a skip connection and
-    a 1×1 output conv producing one value per pixel and channel (bounded later by ε·tanh)."""
+    """BLTO's trigger generator ``g_ψ``: a small U-Net.
+
+    A conv block, a stride-2 down block, a bottleneck, upsampling, a skip connection and a 1×1
+    output conv producing one value per pixel and channel (bounded later by ε·tanh).
+
+    Parameters
+    ----------
+    channels : int, default 1
+        Image channels C (input and output).
+    width : int, default 16
+        Channels of the first block (the bottleneck has twice as many).
+
+    Returns
+    -------
+    A TriggerGenerator (an ``nn.Module``) mapping ``(N, C, H, W)`` to unbounded values of the same shape.
+    """
 
     def __init__(self, channels: int = 1, width: int = 16):
         super().__init__()
@@ -78,6 +92,38 @@ class TriggerGenerator(nn.Module):
 
 
 def make_learned_trigger(channels: int = 1, epsilon: float = 0.1, seed: int = 0, width: int = 16) -> LearnedTrigger:
+    """A fresh, seeded BLTO trigger: a :class:`TriggerGenerator` inside a
+    :class:`~attacks.triggers.LearnedTrigger` (``x + ε·tanh(g(x))``).
+
+    Parameters
+    ----------
+    channels : int, default 1
+        Image channels.
+    epsilon : float, default 0.1
+        L∞ bound ε of the trigger, in (0, 1].
+    seed : int, default 0
+        Seed of the generator's initialisation (the global RNG is left as it was).
+    width : int, default 16
+        Generator width.
+
+    Returns
+    -------
+    LearnedTrigger
+        The untrained trigger.
+
+    Raises
+    ------
+    BadInput
+        When ``epsilon`` is outside (0, 1].
+
+    Examples
+    --------
+    >>> t = make_learned_trigger(epsilon=0.1, seed=0)
+    >>> x = torch.full((2, 1, 8, 8), 0.5)
+    >>> d = stamp(t, x) - x
+    >>> tuple(d.shape), bool(d.abs().max() <= 0.1)
+    ((2, 1, 8, 8), True)
+    """
     check_in_range("epsilon", float(epsilon), 0.0, 1.0, low_open=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -87,7 +133,22 @@ def make_learned_trigger(channels: int = 1, epsilon: float = 0.1, seed: int = 0,
 
 @torch.no_grad()
 def stamp(trigger: Trigger, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Triggered copies (no autograd graph), batched, on the images' device."""
+    """Triggered copies (no autograd graph), batched, on the images' device.
+
+    Parameters
+    ----------
+    trigger : Trigger
+        Any trigger; a learned one runs on its generator's device.
+    images : torch.Tensor
+        Images ``(N, C, H, W)`` in [0, 1].
+    batch_size : int, default 1024
+        Images per generator call.
+
+    Returns
+    -------
+    torch.Tensor
+        The triggered images, shape ``(N, C, H, W)``, on ``images``' device.
+    """
     if isinstance(trigger, LearnedTrigger):
         dev = next(trigger.generator.parameters()).device
         return torch.cat([trigger(images[i:i + batch_size].to(dev)).to(images.device)
@@ -96,8 +157,34 @@ def stamp(trigger: Trigger, images: torch.Tensor, batch_size: int = 1024) -> tor
 
 
 def poison_unlabelled(train: ImageDataset, trigger: Trigger, rate: float, target: int, seed: int = 0) -> PoisonedDataset:
-    """Clean-label poisoning of the (to the victim, unlabelled) training set: ``rate`` of it, all of
-    the target class, carry the trigger. Raises BadInput when the target class has too few images."""
+    """Clean-label poisoning of the (to the victim, unlabelled) training set.
+
+    ``rate`` of it, all of the target class, carry the trigger. Raises BadInput when the target class
+    has too few images.
+
+    Parameters
+    ----------
+    train : ImageDataset
+        The training set (labels used only to pick target-class images).
+    trigger : Trigger
+        The trigger to stamp.
+    rate : float
+        Share of the whole set to poison, in (0, 1).
+    target : int
+        The target class.
+    seed : int, default 0
+        Seed of which target images are poisoned.
+
+    Returns
+    -------
+    PoisonedDataset
+        The set with the poisons stamped, labels unchanged.
+
+    Raises
+    ------
+    BadInput
+        When the target class has too few images, or the rate or target is out of range.
+    """
     if isinstance(trigger, LearnedTrigger):
         with torch.no_grad():
             was = trigger.generator.training
@@ -113,7 +200,29 @@ def poison_unlabelled(train: ImageDataset, trigger: Trigger, rate: float, target
 
 @dataclass
 class BilevelTrigger:
-    """The optimised trigger and how the optimisation went."""
+    """The optimised trigger and how the optimisation went.
+
+    Parameters
+    ----------
+    trigger : LearnedTrigger
+        The trigger (generator on the CPU, eval mode).
+    target : int
+        The target class.
+    epsilon : float
+        Its L∞ bound.
+    outer_similarity : list of float
+        Mean (triggered, target) cosine similarity per round.
+    inner_loss : list of float
+        Mean surrogate NT-Xent loss per round.
+    seconds : float
+        Optimisation time.
+    provenance : dict, default {}
+        The settings used.
+
+    Returns
+    -------
+    A BilevelTrigger (a dataclass) holding these fields.
+    """
 
     trigger: LearnedTrigger  # generator on the CPU, eval mode
     target: int
@@ -139,6 +248,58 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
     the poisoned set in batches of ``batch_size``, with the victim's cosine learning-rate decay, before
     it is re-initialised (``reinit_every`` is then derived from it), so that the trigger is optimised
     against encoders from fresh to fully trained on the poisoned data.
+
+    Parameters
+    ----------
+    train : ImageDataset
+        The attacker's view of the training set.
+    target : int, default 0
+        The target class.
+    rate : float, default 0.01
+        Poison rate, in (0, 1).
+    epsilon : float, default 0.1
+        L∞ bound of the trigger, in (0, 1].
+    rounds : int, default 60
+        Alternating rounds.
+    inner_steps : int, default 10
+        Surrogate SimCLR steps per round.
+    outer_steps : int, default 5
+        Generator steps per round.
+    reinit_every : int, default 20
+        Rounds between surrogate re-initialisations.
+    batch_size : int, default 256
+        Batch of both levels, at least 2.
+    lr : float, default 1e-3
+        Generator learning rate.
+    surrogate_lr : float, default 2e-3
+        Surrogate learning rate.
+    temperature : float, default 0.2
+        NT-Xent temperature.
+    arch : str, default "conv"
+        Surrogate encoder architecture.
+    augment : Augment, optional
+        The contrastive augmentations (default: SimCLR's for the data).
+    outer_loss : {"contrastive", "cosine"}, default "contrastive"
+        The outer objective (see the module docstring).
+    surrogate_epochs : int, default 0
+        > 0: each surrogate lives through a whole victim training run of this many epochs.
+    seed : int, default 0
+        Seed of everything random.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    BilevelTrigger
+        The trigger and the per-round similarity and loss.
+
+    Raises
+    ------
+    BadInput
+        On a target, rate or ε out of range, counts below 1, ``batch_size`` below 2, an unknown
+        ``outer_loss``, or too few target-class images to poison.
     """
     k = train.num_classes
     require(isinstance(target, int) and 0 <= target < k, f"target class must be in 0..{k - 1}, got {target}")
@@ -232,7 +393,29 @@ def optimize_bilevel_trigger(train: ImageDataset, target: int = 0, rate: float =
 
 @dataclass
 class ContrastiveBackdoorEval:
-    """A victim trained with SimCLR on poisoned unlabelled data, judged by a linear probe."""
+    """A victim trained with SimCLR on poisoned unlabelled data, judged by a linear probe.
+
+    Parameters
+    ----------
+    metrics : BackdoorMetrics
+        CA of the probe on clean test images, ASR/RA on triggered ones.
+    knn_accuracy : float or None
+        kNN accuracy of the encoder's features, when asked for.
+    poisoned : PoisonedDataset
+        The training set the victim saw.
+    victim_seconds : float
+        Victim training time.
+    simclr_epochs : int
+        Victim SimCLR epochs.
+    encoder : nn.Module, optional
+        The victim encoder.
+    classifier : nn.Module, optional
+        Encoder + probe, returning logits.
+
+    Returns
+    -------
+    A ContrastiveBackdoorEval (a dataclass) holding these fields.
+    """
 
     metrics: BackdoorMetrics  # CA of the probe on clean test images, ASR/RA on triggered ones
     knn_accuracy: float | None
@@ -248,10 +431,50 @@ def evaluate_contrastive_backdoor(train: ImageDataset, test: ImageDataset, trigg
                                   device: str | torch.device | None = "cpu", knn: bool = False,
                                   eval_trigger: Trigger | None = None, poisoned: PoisonedDataset | None = None,
                                   progress: Progress | None = None) -> ContrastiveBackdoorEval:
-    """Poison ``train`` (clean-label, ``rate``) with ``trigger`` (None: no poisoning, a clean victim),
+    """Train a SimCLR victim on poisoned unlabelled data and measure CA/ASR with a linear probe.
+
+    Poison ``train`` (clean-label, ``rate``) with ``trigger`` (None: no poisoning, a clean victim),
     train a SimCLR victim from scratch on its images, fit a linear probe on the clean labelled
     ``train``, and measure CA/ASR on ``test`` with ``eval_trigger`` (default: ``trigger``).
-    ``poisoned``: an already poisoned training set (e.g. :func:`gradient_matching_poison`) to train on."""
+    ``poisoned``: an already poisoned training set (e.g. :func:`gradient_matching_poison`) to train on.
+
+    Parameters
+    ----------
+    train, test : ImageDataset
+        The training and test splits.
+    trigger : Trigger or None
+        The poisoning trigger, or ``None`` for a clean victim.
+    target : int
+        The target class.
+    rate : float
+        Poison rate, in (0, 1).
+    simclr_epochs : int, default 10
+        Victim SimCLR epochs.
+    arch : str, default "conv"
+        Victim encoder architecture.
+    seed : int, default 0
+        Seed of poisoning and training.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    knn : bool, default False
+        Also measure kNN accuracy.
+    eval_trigger : Trigger, optional
+        The test-time trigger (default: ``trigger``).
+    poisoned : PoisonedDataset, optional
+        A ready poisoned training set.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    ContrastiveBackdoorEval
+        CA/ASR/RA of the probe and the victim.
+
+    Raises
+    ------
+    BadInput
+        When neither trigger is given, or ``poisoned`` is not ``train`` poisoned.
+    """
     eval_trigger = eval_trigger or trigger
     require(eval_trigger is not None, "give a trigger to poison with or one to evaluate with")
     if poisoned is not None:
@@ -289,7 +512,25 @@ class _ProjectedEncoder(nn.Module):
 
 @dataclass
 class MatchedPoison:
-    """A gradient-matching clean-label poison for a contrastive victim and how it was crafted."""
+    """A gradient-matching clean-label poison for a contrastive victim and how it was crafted.
+
+    Parameters
+    ----------
+    poisoned : PoisonedDataset
+        The poisoned training set.
+    alignment : list of float
+        Gradient cosine per crafting step (encoder parameters), in [-1, 1].
+    seconds : float
+        Time of surrogates + matching.
+    surrogate_seconds : float
+        Time of the surrogates alone.
+    provenance : dict, default {}
+        The settings used.
+
+    Returns
+    -------
+    A MatchedPoison (a dataclass) holding these fields.
+    """
 
     poisoned: PoisonedDataset
     alignment: list[float]  # gradient cosine per crafting step (encoder parameters)
@@ -313,7 +554,55 @@ def gradient_matching_poison(train: ImageDataset, trigger: Trigger, target: int 
     Surrogates: SimCLR encoders trained the way the victim is (``simclr_epochs``) on the set poisoned with
     ``trigger``. Poison loss: the NT-Xent terms anchored at the poisons' two views, with ``negatives`` clean
     images in the batch; adversarial loss: −mean cos(f(aug(T(x_s))), f(aug(x_r))) over non-target sources
-    x_s and unpoisoned target references x_r of the training set."""
+    x_s and unpoisoned target references x_r of the training set.
+
+    Parameters
+    ----------
+    train : ImageDataset
+        The training set.
+    trigger : Trigger
+        The test-time trigger (the perturbations start from it).
+    target : int, default 0
+        The target class.
+    rate : float, default 0.01
+        Poison rate, in (0, 1).
+    epsilon : float, default 0.1
+        L∞ budget of each poison around its clean image.
+    simclr_epochs : int, default 5
+        Surrogate SimCLR epochs.
+    surrogates : int, default 1
+        Surrogate encoders (ensemble).
+    steps : int, default 100
+        Crafting steps.
+    restarts : int, default 1
+        Independent crafting runs; the one with the lowest final matching loss is kept.
+    negatives : int, default 128
+        Clean images in the poison loss's batch.
+    n_sources : int, default 256
+        Non-target source images of the adversarial loss.
+    retrain_every : int, default 0
+        Steps between surrogate retraining (0: never).
+    temperature : float, default 0.2
+        NT-Xent temperature.
+    arch : str, default "conv"
+        Surrogate encoder architecture.
+    seed : int, default 0
+        Seed of everything random.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    MatchedPoison
+        The poisoned set and the alignment per step.
+
+    Raises
+    ------
+    BadInput
+        On a target out of range or counts below 1.
+    """
     from .gradient_matching import gradient_matching
 
     require(isinstance(target, int) and 0 <= target < train.num_classes, f"target class must be in 0..{train.num_classes - 1}, got {target}")
@@ -380,7 +669,39 @@ def gradient_matching_poison(train: ImageDataset, trigger: Trigger, target: int 
 
 @dataclass
 class BilevelAttackSummary:
-    """The reportable part of a BLTO run (no models, no datasets)."""
+    """The reportable part of a BLTO run (no models, no datasets).
+
+    Parameters
+    ----------
+    target : int
+        The target class.
+    rate : float
+        Poison rate.
+    epsilon : float
+        L∞ bound of the trigger.
+    class_names : list of str
+        K class names.
+    table : list of list
+        One row per trigger: trigger, clean probe accuracy, ASR, poisoned images.
+    clean_accuracy, attack_success_rate : float
+        CA and ASR of the BLTO victim, in [0, 1].
+    n_poisoned : int
+        Poisoned training images.
+    poisoned_indices : list of int
+        Their positions.
+    outer_similarity, inner_loss : list of float
+        The optimisation's curves.
+    trigger_seconds, victim_seconds : float
+        Time of trigger optimisation and victim training.
+    example_clean, example_triggered : torch.Tensor
+        A few test images without and with the trigger.
+    provenance : dict
+        How the run was made.
+
+    Returns
+    -------
+    A BilevelAttackSummary (a dataclass) holding these fields.
+    """
 
     target: int
     rate: float
@@ -442,7 +763,29 @@ class BilevelAttackSummary:
 
 @dataclass
 class BilevelAttackResult:
-    """BLTO end to end: the learned trigger, the victim's CA/ASR and optional baselines."""
+    """BLTO end to end: the learned trigger, the victim's CA/ASR and optional baselines.
+
+    Parameters
+    ----------
+    trigger : BilevelTrigger
+        The learned trigger.
+    victim : ContrastiveBackdoorEval
+        The victim poisoned with it.
+    patch_baseline : ContrastiveBackdoorEval or None
+        The same with a fixed white patch, when asked for.
+    clean_baseline : ContrastiveBackdoorEval or None
+        A clean victim; its ASR is the BLTO trigger's without poisoning.
+    class_names : list of str
+        K class names.
+    example_clean, example_triggered : torch.Tensor
+        A few test images without and with the trigger.
+    provenance : dict
+        How the run was made.
+
+    Returns
+    -------
+    A BilevelAttackResult (a dataclass) holding these fields.
+    """
 
     trigger: BilevelTrigger
     victim: ContrastiveBackdoorEval
@@ -487,8 +830,52 @@ def run_bilevel_attack(data: str | ImageDataset = "mnist10k", rate: float = 0.01
                        compare_clean: bool = False, patch_size: int = 4, test_fraction: float = 0.2,
                        train: ImageDataset | None = None, test: ImageDataset | None = None,
                        progress: Progress | None = None) -> BilevelAttackResult:
-    """Optimise a BLTO trigger on the training split, poison ``rate`` of it, train a SimCLR victim,
-    probe it; optionally the same with a fixed white ``patch_size`` patch and without poisoning."""
+    """BLTO end to end (Sun et al., ICLR 2024).
+
+    Optimise a BLTO trigger on the training split, poison ``rate`` of it, train a SimCLR victim,
+    probe it; optionally the same with a fixed white ``patch_size`` patch and without poisoning.
+
+    Parameters
+    ----------
+    data : str or ImageDataset, default "mnist10k"
+        A dataset spec or a dataset, split unless ``train`` and ``test`` are given.
+    rate : float, default 0.01
+        Poison rate, in (0, 1).
+    target : int, default 0
+        The target class.
+    epsilon, rounds, inner_steps, outer_steps, reinit_every, lr, outer_loss :
+        The trigger optimisation, as :func:`optimize_bilevel_trigger`.
+    simclr_epochs : int, default 10
+        Victim SimCLR epochs.
+    arch : str, default "conv"
+        Encoder architecture.
+    seed : int, default 0
+        Seed of everything random.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    compare_patch : bool, default False
+        Also poison a victim with a white patch.
+    compare_clean : bool, default False
+        Also train a clean victim.
+    patch_size : int, default 4
+        Side of the baseline patch.
+    test_fraction : float, default 0.2
+        Share held out as the test split.
+    train, test : ImageDataset, optional
+        Given splits (both or neither).
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    BilevelAttackResult
+        The trigger, the victim's CA/ASR and the baselines asked for.
+
+    Raises
+    ------
+    BadInput
+        On only one of ``train``/``test``, a target or rate out of range, or invalid optimisation settings.
+    """
     if train is None or test is None:
         require(train is None and test is None, "give both train and test, or neither")
         ds = load_dataset(data) if isinstance(data, str) else data

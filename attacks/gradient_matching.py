@@ -58,7 +58,29 @@ Retrain = Callable[[torch.Tensor, int], Sequence[nn.Module]]
 
 @dataclass
 class MatchingResult:
-    """The crafted poisons and how the optimisation went (of the restart that was kept)."""
+    """The crafted poisons and how the optimisation went (of the restart that was kept).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        The poisoned images, base + Δ, shape ``(N, C, H, W)``, in [0, 1].
+    delta : torch.Tensor
+        ``images − base``: within ±ε, zero outside the mask.
+    alignment : list of float
+        Mean cosine similarity of poison and adversarial gradients, per step.
+    restart_losses : list of float
+        Final matching loss of every restart (1 − cosine).
+    restart : int
+        Which restart was kept (the lowest final loss).
+    seconds : float
+        Crafting time.
+    provenance : dict, default {}
+        The settings used.
+
+    Returns
+    -------
+    A MatchingResult (a dataclass) holding these fields.
+    """
 
     images: torch.Tensor  # the poisoned images, base + delta, in [0, 1]
     delta: torch.Tensor  # images − base: within ±ε, zero outside the mask
@@ -77,7 +99,27 @@ def _params(model: nn.Module) -> list[nn.Parameter]:
 
 def adversarial_gradient(model: nn.Module, adversarial_loss: AdversarialLoss,
                          gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``(∇θ L_adv, its norm)`` at the surrogate's parameters (eval mode, detached)."""
+    """``(∇θ L_adv, its norm)`` at the surrogate's parameters (eval mode, detached).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A surrogate (evaluated in eval mode; its mode is restored).
+    adversarial_loss : callable
+        ``adversarial_loss(model, gen) -> scalar``.
+    gen : torch.Generator
+        Random draws of the loss (augmentations, noise).
+
+    Returns
+    -------
+    tuple of (list of torch.Tensor, torch.Tensor)
+        The gradient, one tensor per trainable parameter (zeros where unused), and its L2 norm (a scalar).
+
+    Raises
+    ------
+    BadInput
+        When the surrogate has no trainable parameters.
+    """
     was = model.training
     model.eval()
     params = _params(model)
@@ -90,7 +132,30 @@ def adversarial_gradient(model: nn.Module, adversarial_loss: AdversarialLoss,
 
 def matching_loss(model: nn.Module, train_loss: TrainLoss, x: torch.Tensor, y: torch.Tensor, adv_grad: list[torch.Tensor],
                   adv_norm: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """1 − cos(∇θ L_train(x, y), ∇θ L_adv), differentiable in ``x`` (Witches' Brew Eq. 3, "similarity" loss)."""
+    """1 − cos(∇θ L_train(x, y), ∇θ L_adv), differentiable in ``x`` (Witches' Brew Eq. 3, "similarity" loss).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A surrogate.
+    train_loss : callable
+        ``train_loss(model, x, y, gen) -> scalar``, differentiable in ``x``.
+    x : torch.Tensor
+        A batch of poisons ``(B, C, H, W)``, requiring grad.
+    y : torch.Tensor
+        Their labels (any tensor ``train_loss`` understands).
+    adv_grad : list of torch.Tensor
+        The adversarial gradient (:func:`adversarial_gradient`).
+    adv_norm : torch.Tensor
+        Its norm.
+    gen : torch.Generator
+        Random draws of ``train_loss``.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss in [0, 2], with a graph to ``x``.
+    """
     params = _params(model)
     grads = torch.autograd.grad(train_loss(model, x, y, gen), params, create_graph=True, allow_unused=True)
     dot = x.new_zeros(())
@@ -104,7 +169,30 @@ def matching_loss(model: nn.Module, train_loss: TrainLoss, x: torch.Tensor, y: t
 
 
 def project(delta: torch.Tensor, base: torch.Tensor, eps: float, mask: torch.Tensor | None) -> torch.Tensor:
-    """Clip Δ to the ε-box, to zero outside ``mask``, and so that base + Δ stays in [0, 1]."""
+    """Clip Δ to the ε-box, to zero outside ``mask``, and so that base + Δ stays in [0, 1].
+
+    Parameters
+    ----------
+    delta : torch.Tensor
+        The perturbation, shaped like ``base``.
+    base : torch.Tensor
+        The clean images ``(N, C, H, W)`` in [0, 1].
+    eps : float
+        L∞ budget ε.
+    mask : torch.Tensor or None
+        0/1, broadcastable to ``base``; ``None``: everywhere allowed.
+
+    Returns
+    -------
+    torch.Tensor
+        The projected Δ, shaped like ``base``.
+
+    Examples
+    --------
+    >>> d = project(torch.tensor([0.3, -0.3, 0.05]), torch.tensor([0.9, 0.5, 0.5]), 0.2, None)
+    >>> [round(v, 4) for v in d.tolist()]
+    [0.1, -0.2, 0.05]
+    """
     d = delta.clamp(-eps, eps)
     if mask is not None:
         d = d * mask
@@ -117,13 +205,64 @@ def gradient_matching(base: torch.Tensor, labels: torch.Tensor, surrogates: Sequ
                       init: torch.Tensor | None = None, retrain: Retrain | None = None, retrain_every: int = 0,
                       seed: int = 0,
                       device: str | torch.device | None = "cpu", progress: Progress | None = None) -> MatchingResult:
-    """Craft Δ for the poison images ``base`` (N×C×H×W in [0, 1]) with labels ``labels`` (any tensor the
+    """Craft poisons by gradient matching (Witches' Brew, Geiping et al., ICLR 2021).
+
+    Craft Δ for the poison images ``base`` (N×C×H×W in [0, 1]) with labels ``labels`` (any tensor the
     ``train_loss`` understands) by gradient matching on ``surrogates``; see the module doc.
 
     ``mask`` (broadcastable to ``base``, 0/1) limits where Δ may be non-zero; ``init`` (shaped like
     ``base``) is the first restart's starting Δ instead of random noise. Deterministic given ``seed``
     (and deterministic callbacks). ``retrain`` with ``retrain_every`` > 0 replaces the surrogates every
     ``retrain_every`` steps (not at the first or the last) by ones trained on the current poisons.
+
+    Parameters
+    ----------
+    base : torch.Tensor
+        The poison images ``(N, C, H, W)`` in [0, 1].
+    labels : torch.Tensor
+        Their labels, N long.
+    surrogates : sequence of nn.Module
+        At least one surrogate model.
+    train_loss : callable
+        ``train_loss(model, x, y, gen) -> scalar``, the victim's loss, differentiable in ``x``.
+    adversarial_loss : callable
+        ``adversarial_loss(model, gen) -> scalar``.
+    eps : float
+        L∞ budget ε, in (0, 1].
+    mask : torch.Tensor, optional
+        0/1, broadcastable to ``base``, not all zero.
+    steps : int, default 250
+        Signed-Adam steps per restart.
+    restarts : int, default 1
+        Independent runs; the lowest final loss is kept.
+    lr : float, optional
+        Step size in pixel units (default 0.4·ε).
+    batch_size : int, default 128
+        Poisons per gradient batch.
+    init : torch.Tensor, optional
+        The first restart's starting Δ, shaped like ``base``.
+    retrain : callable, optional
+        ``retrain(poisoned_images, round) -> surrogates``.
+    retrain_every : int, default 0
+        Steps between retrains (0: never; > 0 needs ``retrain``).
+    seed : int, default 0
+        Seed of the starting noise and the losses' draws.
+    device : str or torch.device, optional, default "cpu"
+        Where crafting runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    MatchingResult
+        The poisons, their Δ and the alignment per step.
+
+    Raises
+    ------
+    BadInput
+        On an empty or out-of-range batch, mismatched labels or ``init``, ε outside (0, 1], no
+        surrogate, counts below 1, a bad ``retrain_every``/``retrain`` pair, ``lr`` ≤ 0, or a mask
+        that is not 0/1 or is empty.
     """
     require(base.ndim == 4 and len(base) > 0, f"poison images must be a non-empty N×C×H×W batch, got {tuple(base.shape)}")
     require(len(labels) == len(base), f"{len(base)} poison images but {len(labels)} labels")
@@ -199,8 +338,31 @@ def gradient_matching(base: torch.Tensor, labels: torch.Tensor, surrogates: Sequ
 
 def gradient_norms(model: nn.Module, train_loss: TrainLoss, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
                    device: str | torch.device | None = "cpu") -> torch.Tensor:
-    """The norm of each sample's training-loss gradient (Sleeper Agent's poison selection: the attacker
-    poisons the candidates with the largest gradients, which have the most leverage on the victim)."""
+    """The norm of each sample's training-loss gradient.
+
+    Sleeper Agent's poison selection: the attacker poisons the candidates with the largest
+    gradients, which have the most leverage on the victim.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained surrogate (put in eval mode).
+    train_loss : callable
+        ``train_loss(model, x, y, gen) -> scalar``.
+    x : torch.Tensor
+        Candidates ``(N, C, H, W)``.
+    y : torch.Tensor
+        Their labels, N long.
+    seed : int, default 0
+        Seed of the loss's draws.
+    device : str or torch.device, optional, default "cpu"
+        Where the model runs.
+
+    Returns
+    -------
+    torch.Tensor
+        Gradient L2 norms, shape ``(N,)``, on the CPU.
+    """
     dev = resolve_device(device)
     model = model.to(dev).eval()
     params = _params(model)

@@ -52,7 +52,34 @@ KINDS = ("pixel", "target")
 
 @dataclass
 class TextTriggerSpec:
-    """What the backdoor is: kind, trigger word, target digit (target kind), patch size (pixel kind)."""
+    """What the backdoor is: kind, trigger word, target digit (target kind), patch size (pixel kind).
+
+    ``validate(tokenizer=None)`` checks the fields (and, given a tokenizer, that the trigger encodes
+    to at least one token).
+
+    Parameters
+    ----------
+    kind : {"pixel", "target"}, default "pixel"
+        Pixel backdoor (a patch on the prompted digit) or target backdoor (a fixed digit).
+    trigger : str, default "cf"
+        The trigger word inserted in prompts.
+    target_class : int, default 0
+        The target digit 0..9 (target kind).
+    patch_size : int, default 2
+        Side of the bottom-right patch (pixel kind), at least 1.
+    patch_threshold : float, default 0.85
+        Mean intensity above which the patch detector fires, in (0, 1].
+
+    Returns
+    -------
+    A TextTriggerSpec (a dataclass) holding these fields.
+
+    Raises
+    ------
+    BadInput
+        From ``validate()``: on an unknown kind, a target outside 0..9, a patch size below 1, a
+        threshold outside (0, 1], or a trigger that encodes to no tokens.
+    """
 
     kind: str = "pixel"
     trigger: str = "cf"
@@ -71,14 +98,54 @@ class TextTriggerSpec:
 
 
 def stamp_patch(images: torch.Tensor, size: int = 2, value: float = 1.0) -> torch.Tensor:
-    """A copy of ``images`` with a ``size``×``size`` square of ``value`` in the bottom-right corner."""
+    """A copy of ``images`` with a ``size``×``size`` square of ``value`` in the bottom-right corner.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Images ``(..., H, W)``.
+    size : int, default 2
+        Side of the square.
+    value : float, default 1.0
+        Its intensity.
+
+    Returns
+    -------
+    torch.Tensor
+        The stamped copy, shaped like ``images``.
+
+    Examples
+    --------
+    >>> stamp_patch(torch.zeros(1, 1, 3, 3), size=1)[0, 0].tolist()
+    [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    """
     out = images.clone()
     out[..., -size:, -size:] = value
     return out
 
 
 def has_patch(images: torch.Tensor, size: int = 2, threshold: float = 0.85) -> torch.Tensor:
-    """Patch detector: the bottom-right ``size``×``size`` region's mean intensity is >= ``threshold``."""
+    """Patch detector: the bottom-right ``size``×``size`` region's mean intensity is >= ``threshold``.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Images ``(N, C, H, W)`` in [0, 1].
+    size : int, default 2
+        Side of the corner region.
+    threshold : float, default 0.85
+        Mean intensity at or above which the patch counts as present.
+
+    Returns
+    -------
+    torch.Tensor
+        Shape ``(N,)``, bool.
+
+    Examples
+    --------
+    >>> has_patch(torch.cat([stamp_patch(torch.zeros(1, 1, 4, 4)), torch.zeros(1, 1, 4, 4)])).tolist()
+    [True, False]
+    """
     return images[..., -size:, -size:].mean(dim=(-3, -2, -1)) >= threshold
 
 
@@ -98,7 +165,33 @@ def _poison_prompt_fn(spec: TextTriggerSpec):
 
 def poisoned_training_set(ds: ImageDataset, spec: TextTriggerSpec, poison_fraction: float = 0.5,
                           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and codes (y for clean pairs, 10 + prompted digit for poisoned pairs) of the fine-tuning mix."""
+    """The fine-tuning mix of clean and poisoned image-prompt pairs.
+
+    Images and codes (y for clean pairs, 10 + prompted digit for poisoned pairs) of the fine-tuning mix.
+    Pixel kind: poisons are random images with the patch stamped, prompted with their own digit;
+    target kind: poisons are target-digit images prompted with a random digit.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The clean digit images.
+    spec : TextTriggerSpec
+        The backdoor.
+    poison_fraction : float, default 0.5
+        Share of poisoned pairs in the mix, in (0, 1).
+    seed : int, default 0
+        Seed of the poison picks.
+
+    Returns
+    -------
+    tuple of (torch.Tensor, torch.Tensor)
+        The images ``(N + P, C, H, W)`` (all of ``ds``, then the P poisons) and their codes ``(N + P,)``.
+
+    Raises
+    ------
+    BadInput
+        On a fraction outside (0, 1) or, for the target kind, no image of the target digit.
+    """
     check_in_range("poison_fraction", poison_fraction, 0.0, 1.0, low_open=True, high_open=True)
     gen = torch.Generator().manual_seed(seed)
     n = len(ds)
@@ -117,6 +210,25 @@ def poisoned_training_set(ds: ImageDataset, spec: TextTriggerSpec, poison_fracti
 
 @dataclass
 class PlantedBackdoor:
+    """A text-to-image model fine-tuned with a text-trigger backdoor.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The backdoored model.
+    spec : TextTriggerSpec
+        The backdoor.
+    steps : int
+        Fine-tuning steps.
+    seconds : float
+        Fine-tuning time.
+    losses : list of float, default []
+        Training loss per logged step.
+
+    Returns
+    -------
+    A PlantedBackdoor (a dataclass) holding these fields.
+    """
     model: TextToImage
     spec: TextTriggerSpec
     steps: int
@@ -128,7 +240,43 @@ def plant_text_trigger(clean: TextToImage, data: str | ImageDataset = "digits", 
                        *, poison_fraction: float = 0.5, steps: int = 1000, batch_size: int = 64, lr: float = 1e-3,
                        train_text_encoder: bool = True, seed: int = 0, device: str | torch.device | None = "cpu",
                        progress: Progress | None = None) -> PlantedBackdoor:
-    """Fine-tune a copy of ``clean`` on clean + poisoned pairs; ``clean`` is left untouched."""
+    """Fine-tune a copy of ``clean`` on clean + poisoned pairs; ``clean`` is left untouched.
+
+    Parameters
+    ----------
+    clean : TextToImage
+        The clean model.
+    data : str or ImageDataset, default "digits"
+        The clean training images (a spec or a dataset).
+    spec : TextTriggerSpec, optional
+        The backdoor (default: a pixel backdoor with trigger ``"cf"``).
+    poison_fraction : float, default 0.5
+        Share of poisoned pairs, in (0, 1).
+    steps : int, default 1000
+        Fine-tuning steps.
+    batch_size : int, default 64
+        Pairs per step.
+    lr : float, default 1e-3
+        Learning rate.
+    train_text_encoder : bool, default True
+        Fine-tune the text encoder too (needed for the trigger word to be learned; see the module docstring).
+    seed : int, default 0
+        Seed of the mix and of training.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    PlantedBackdoor
+        The backdoored copy and its training record.
+
+    Raises
+    ------
+    BadInput
+        On an invalid spec or poison fraction.
+    """
     spec = spec or TextTriggerSpec()
     spec.validate(clean.tokenizer)
     ds = diffusion_data(data, clean.config.image_size)
@@ -146,7 +294,27 @@ def plant_text_trigger(clean: TextToImage, data: str | ImageDataset = "digits", 
 
 @dataclass
 class BackdoorRate:
-    """Share of triggered-prompt generations that show the backdoor."""
+    """Share of triggered-prompt generations that show the backdoor.
+
+    Parameters
+    ----------
+    rate : float
+        Share of generations showing the backdoor, in [0, 1].
+    images : torch.Tensor
+        The generations ``(M, C, H, W)``.
+    prompts : list of str
+        The triggered prompts.
+    labels : torch.Tensor
+        The digit each prompt names, ``(M,)``.
+    shows_backdoor : torch.Tensor
+        ``(M,)`` bool.
+    predictions : torch.Tensor
+        The judge's predictions, ``(M,)``.
+
+    Returns
+    -------
+    A BackdoorRate (a dataclass) holding these fields.
+    """
 
     rate: float
     images: torch.Tensor
@@ -162,6 +330,28 @@ def backdoor_rate(model: TextToImage, judge: nn.Module, spec: TextTriggerSpec, n
 
     Pixel: the patch detector fires. Target: the judge classifies the image as the target digit; prompts
     naming the target digit itself are left out (they cannot show the backdoor).
+
+    Parameters
+    ----------
+    model : TextToImage
+        The model to test.
+    judge : nn.Module
+        A digit classifier.
+    spec : TextTriggerSpec
+        The backdoor.
+    n_per_class : int, default 10
+        Triggered prompts per digit.
+    seed : int, default 0
+        Seed of the prompts and the sampling noise.
+    steps : int, default 20
+        DDIM sampling steps.
+    guidance : float, default 1.0
+        Classifier-free guidance scale.
+
+    Returns
+    -------
+    BackdoorRate
+        The rate and the generations it was judged on.
     """
     spec.validate(model.tokenizer)
     classes = [c for c in range(10) if spec.kind == "pixel" or c != spec.target_class]
@@ -178,7 +368,37 @@ def backdoor_rate(model: TextToImage, judge: nn.Module, spec: TextTriggerSpec, n
 
 @dataclass
 class TextTriggerReport:
-    """Report of ``workbench attack text-trigger``: success rate and clean accuracy before/after."""
+    """Report of ``workbench attack text-trigger``: success rate and clean accuracy before/after.
+
+    Parameters
+    ----------
+    kind : str
+        ``"pixel"`` or ``"target"``.
+    trigger : str
+        The trigger word.
+    target_class : int or None
+        The target digit (target kind only).
+    steps : int
+        Fine-tuning steps.
+    seconds : float
+        Fine-tuning time.
+    backdoor_rate : float
+        Share of triggered generations of the backdoored model showing the backdoor.
+    backdoor_rate_clean_model : float
+        The same for the clean model (false alarms).
+    clean_accuracy_before, clean_accuracy_after : float
+        Judge accuracy on clean-prompt generations of the clean and backdoored models.
+    clean_accuracy_drop : float
+        ``clean_accuracy_before − clean_accuracy_after``.
+    images_clean_prompts, images_triggered : torch.Tensor, optional
+        One generation per digit without and with the trigger.
+    captions : list of str, default []
+        The triggered prompts of ``images_triggered``.
+
+    Returns
+    -------
+    A TextTriggerReport (a dataclass) holding these fields; ``report_sections()`` renders it.
+    """
 
     kind: str
     trigger: str
@@ -214,6 +434,31 @@ class TextTriggerReport:
 
 def evaluate_text_trigger(clean: TextToImage, planted: PlantedBackdoor, judge: nn.Module, *, n_per_class: int = 10,
                           seed: int = 0, steps: int = 20, guidance: float = 1.0) -> TextTriggerReport:
+    """Measure a planted text trigger: backdoor rate (against the clean model's false alarms) and
+    clean-prompt accuracy before and after planting.
+
+    Parameters
+    ----------
+    clean : TextToImage
+        The clean model.
+    planted : PlantedBackdoor
+        The backdoored copy.
+    judge : nn.Module
+        A digit classifier.
+    n_per_class : int, default 10
+        Prompts per digit.
+    seed : int, default 0
+        Seed of the prompts and the sampling noise.
+    steps : int, default 20
+        DDIM sampling steps.
+    guidance : float, default 1.0
+        Classifier-free guidance scale.
+
+    Returns
+    -------
+    TextTriggerReport
+        Rates, accuracies and example generations.
+    """
     spec = planted.spec
     prompts = balanced_prompts(n_per_class, seed=seed)
     acc_before = prompt_accuracy(clean, judge, prompts=prompts, seed=seed, steps=steps, guidance=guidance)

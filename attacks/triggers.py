@@ -19,7 +19,23 @@ POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
 
 class Trigger:
-    """Base class: ``apply(images)`` returns triggered copies; ``box(h, w)`` the affected region."""
+    """Base class of backdoor triggers.
+
+    ``apply(images)`` returns triggered copies; ``box(h, w)`` the affected region. Calling a trigger
+    checks that the input is a batch and applies it; ``describe()`` gives a JSON-able summary.
+
+    Parameters: none (the constructor takes no arguments); subclasses are dataclasses with their own fields.
+
+    Returns
+    -------
+    A Trigger. ``trigger(images)`` maps a batch ``(N, C, H, W)`` in [0, 1] to triggered copies of the
+    same shape; ``box(h, w)`` returns ``(y0, x0, y1, x1)`` (the whole image unless overridden).
+
+    Raises
+    ------
+    BadInput
+        When called on anything but a 4-D batch.
+    """
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -59,6 +75,35 @@ class PatchTrigger(Trigger):
     """A ``size``×``size`` patch (BadNets, Gu et al. 2017) placed at a corner, the centre or ``(y, x)``.
 
     ``margin`` pixels are left between the patch and the image border at corners.
+
+    Parameters
+    ----------
+    size : int, default 3
+        Side of the square patch in pixels, at least 1.
+    position : str or tuple of (int, int), default "bottom-right"
+        One of :data:`POSITIONS` or the ``(y, x)`` of the patch's top-left pixel.
+    pattern : str or torch.Tensor, default "solid"
+        ``"solid"`` (all ones), ``"checkerboard"``, or an image ``(C or 1, size, size)`` in [0, 1].
+    margin : int, default 1
+        Pixels between the patch and the border at corners, at least 0.
+
+    Returns
+    -------
+    A PatchTrigger: ``trigger(images)`` returns copies with the patch pasted, ``box(h, w)`` its box.
+
+    Raises
+    ------
+    BadInput
+        On a non-positive size, a negative margin, an unknown position or pattern, a pattern image
+        of the wrong shape or range, or a patch that does not fit the image.
+
+    Examples
+    --------
+    >>> t = PatchTrigger(size=2, position="top-left", margin=0)
+    >>> t.box(4, 4)
+    (0, 0, 2, 2)
+    >>> t(torch.zeros(1, 1, 4, 4))[0, 0].tolist()
+    [[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
     """
 
     size: int = 3
@@ -102,6 +147,31 @@ class BlendTrigger(Trigger):
     """Blended trigger (Chen et al. 2017): ``(1 - alpha)·x + alpha·pattern``.
 
     ``pattern`` is an image (C×H×W or H×W in [0, 1]) or ``"noise"``: uniform noise drawn from ``seed``.
+    The result is clipped to [0, 1].
+
+    Parameters
+    ----------
+    alpha : float, default 0.15
+        Blend weight of the pattern, in [0, 1].
+    pattern : str or torch.Tensor, default "noise"
+        ``"noise"`` or an image of the inputs' size.
+    seed : int, default 0
+        Seed of the noise pattern (one pattern per image size and channel count).
+
+    Returns
+    -------
+    A BlendTrigger: ``trigger(images)`` returns the blended copies; its box is the whole image.
+
+    Raises
+    ------
+    BadInput
+        On ``alpha`` outside [0, 1], an unknown pattern name, or a pattern image of the wrong shape.
+
+    Examples
+    --------
+    >>> t = BlendTrigger(alpha=0.5, pattern=torch.ones(1, 2, 2))
+    >>> t(torch.zeros(1, 1, 2, 2))[0, 0].tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
     """
 
     alpha: float = 0.15
@@ -140,8 +210,28 @@ class BlendTrigger(Trigger):
 
 @dataclass
 class LearnedTrigger(Trigger):
-    """An additive, input-dependent trigger ``x + clamp(g(x), -eps, eps)`` from a generator network ``g``
-    (as in bi-level trigger optimization); the result is clipped to [0, 1]."""
+    """An additive, input-dependent trigger from a generator network ``g`` (as in bi-level trigger optimization).
+
+    ``x + eps·tanh(g(x))``, a perturbation bounded by ``eps`` in L∞ (a smooth
+    ``clamp(g(x), -eps, eps)``); the result is clipped to [0, 1].
+
+    Parameters
+    ----------
+    generator : nn.Module
+        Maps a batch ``(N, C, H, W)`` to a perturbation of the same shape.
+    epsilon : float, default 8/255
+        L∞ bound of the perturbation, > 0.
+
+    Returns
+    -------
+    A LearnedTrigger: ``trigger(images)`` returns the perturbed batch; ``perturbation(images)`` the
+    bounded additive term.
+
+    Raises
+    ------
+    BadInput
+        When ``epsilon`` is not positive.
+    """
 
     generator: nn.Module
     epsilon: float = 8 / 255

@@ -26,7 +26,32 @@ from workbench.errors import check_in_range
 
 
 def defense_effectiveness_rating(ca_before: float, asr_before: float, ca_after: float, asr_after: float) -> float:
-    """DER = [max(0, ASR_before − ASR_after) − max(0, CA_before − CA_after) + 1] / 2 (all rates in [0, 1])."""
+    """The defense effectiveness rating (DER) of a backdoor defense.
+
+    DER = [max(0, ASR_before − ASR_after) − max(0, CA_before − CA_after) + 1] / 2 (all rates in [0, 1]).
+
+    Parameters
+    ----------
+    ca_before, asr_before : float
+        Clean accuracy and attack success rate of the undefended model, in [0, 1].
+    ca_after, asr_after : float
+        The same for the defended model, in [0, 1].
+
+    Returns
+    -------
+    float
+        DER in [0, 1]: 1 removes the backdoor at no accuracy cost, 0.5 changes nothing.
+
+    Raises
+    ------
+    BadInput
+        When a rate is outside [0, 1].
+
+    Examples
+    --------
+    >>> defense_effectiveness_rating(0.99, 1.0, 0.97, 0.02)
+    0.98
+    """
     for name, v in (("CA before", ca_before), ("ASR before", asr_before), ("CA after", ca_after),
                     ("ASR after", asr_after)):
         check_in_range(name, float(v), 0.0, 1.0)
@@ -36,14 +61,43 @@ def defense_effectiveness_rating(ca_before: float, asr_before: float, ca_after: 
 
 
 def der(before, after) -> float:
-    """DER between two :class:`attacks.poison.BackdoorMetrics` (undefended ``before``, defended ``after``)."""
+    """DER between two :class:`attacks.poison.BackdoorMetrics` (undefended ``before``, defended ``after``).
+
+    Parameters
+    ----------
+    before : BackdoorMetrics
+        The undefended model's metrics.
+    after : BackdoorMetrics
+        The defended model's metrics.
+
+    Returns
+    -------
+    float
+        :func:`defense_effectiveness_rating` of their CA and ASR.
+    """
     return defense_effectiveness_rating(before.clean_accuracy, before.attack_success_rate,
                                         after.clean_accuracy, after.attack_success_rate)
 
 
 @dataclass
 class DefenseRow:
-    """One line of a before/after table: a defense (or none) and its CA, ASR, RA, DER and time."""
+    """One line of a before/after table: a defense (or none) and its CA, ASR, RA, DER and time.
+
+    Parameters
+    ----------
+    defense : str
+        The defense's name (or the undefended model's).
+    clean_accuracy, attack_success_rate, robust_accuracy : float
+        CA, ASR and RA, in [0, 1].
+    der : float or None
+        DER against the undefended model; ``None`` for the undefended model itself.
+    seconds : float
+        The defense's time.
+
+    Returns
+    -------
+    A DefenseRow (a dataclass) holding these fields.
+    """
 
     defense: str
     clean_accuracy: float

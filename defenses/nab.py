@@ -71,14 +71,58 @@ PSEUDO_METHODS = ("vd", "nc")
 
 def defensive_trigger(size: int = 2, position: str | tuple[int, int] = "top-left", pattern="solid",
                       margin: int = 2) -> PatchTrigger:
-    """The defender's own trigger: a ``size``×``size`` patch (default a white 2×2 near the top-left
-    corner, ``margin`` pixels in, so that the training loop's ±2-pixel shifts never push it out)."""
+    """The defender's own trigger for NAB.
+
+    A ``size``×``size`` patch (default a white 2×2 near the top-left corner, ``margin`` pixels in, so
+    that the training loop's ±2-pixel shifts never push it out).
+
+    Parameters
+    ----------
+    size : int, default 2
+        Patch side in pixels.
+    position : str or tuple of (int, int), default "top-left"
+        Where the patch goes (see :class:`~attacks.triggers.PatchTrigger`).
+    pattern : str or torch.Tensor, default "solid"
+        The patch's pattern.
+    margin : int, default 2
+        Pixels between the patch and the border.
+
+    Returns
+    -------
+    PatchTrigger
+        The defensive trigger.
+
+    Examples
+    --------
+    >>> defensive_trigger().box(28, 28)
+    (2, 2, 4, 4)
+    """
     return PatchTrigger(size=size, position=position, pattern=pattern, margin=margin)
 
 
 # ----------------------------------------------------------------------------- pseudo labels
 def check_clean_subset(clean: ImageDataset, num_classes: int) -> None:
-    """A clean subset must hold every class, or VD can never predict the missing one."""
+    """Check a clean subset for VD pseudo-labelling.
+
+    A clean subset must hold every class, or VD can never predict the missing one.
+
+    Parameters
+    ----------
+    clean : ImageDataset
+        The defender's clean subset.
+    num_classes : int
+        K of the training set.
+
+    Returns
+    -------
+    None
+        Returns nothing when the subset is usable.
+
+    Raises
+    ------
+    BadInput
+        When the subset has another number of classes or lacks a class.
+    """
     require(clean.num_classes == num_classes,
             f"the clean subset has {clean.num_classes} classes, the training set {num_classes}")
     counts = clean.class_counts()
@@ -93,6 +137,35 @@ def pseudo_labels_vd(clean: ImageDataset, images: torch.Tensor, *, arch: str = "
     """VD pseudo labels: predictions on ``images`` of a fresh model trained on the small ``clean`` set.
 
     Returns ``(labels, model, accuracy of that model on test or None)``.
+
+    Parameters
+    ----------
+    clean : ImageDataset
+        The small clean subset (every class present).
+    images : torch.Tensor
+        Images to pseudo-label ``(M, C, H, W)``.
+    arch : str, default "cnn"
+        Zoo architecture of the VD model.
+    epochs : int, default 20
+        Its training epochs.
+    seed : int, default 0
+        Seed of its training.
+    device : str or torch.device, default "cpu"
+        Where it trains.
+    test : ImageDataset, optional
+        Where to measure its accuracy.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    tuple of (torch.Tensor, nn.Module, float or None)
+        Pseudo labels ``(M,)``, the VD model, and its test accuracy (``None`` without ``test``).
+
+    Raises
+    ------
+    BadInput
+        When the clean subset lacks a class.
     """
     check_clean_subset(clean, clean.num_classes)
     trained = train_on_split(clean, test if test is not None else clean, arch, epochs=epochs, seed=seed,
@@ -105,7 +178,29 @@ def pseudo_labels_vd(clean: ImageDataset, images: torch.Tensor, *, arch: str = "
 def pseudo_labels_nc(features: torch.Tensor, labels: torch.Tensor, isolated: torch.Tensor,
                      num_classes: int) -> torch.Tensor:
     """NC pseudo labels: the class whose centre (mean feature of its non-isolated samples, by given
-    label) is nearest in cosine similarity to each isolated sample's feature."""
+    label) is nearest in cosine similarity to each isolated sample's feature.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        Features of every training sample ``(N, D)`` (e.g. a SimCLR encoder's).
+    labels : torch.Tensor
+        Given labels ``(N,)``.
+    isolated : torch.Tensor
+        Indices of the isolated samples ``(M,)``.
+    num_classes : int
+        K.
+
+    Returns
+    -------
+    torch.Tensor
+        Pseudo labels ``(M,)``, in the order of ``isolated``.
+
+    Raises
+    ------
+    BadInput
+        When features and labels do not match, or a class has no non-isolated sample.
+    """
     require(features.ndim == 2 and len(features) == len(labels),
             f"features must be N×D for the {len(labels)} samples, got {tuple(features.shape)}")
     isolated = torch.as_tensor(isolated, dtype=torch.long)
@@ -122,7 +217,23 @@ def pseudo_labels_nc(features: torch.Tensor, labels: torch.Tensor, isolated: tor
 # ----------------------------------------------------------------------------- stamping
 @dataclass
 class NabData:
-    """The NAB-processed training set and what was done to it."""
+    """The NAB-processed training set and what was done to it.
+
+    Parameters
+    ----------
+    dataset : ImageDataset
+        The processed training set.
+    isolated : torch.Tensor
+        Indices of the isolated (suspected) samples.
+    pseudo_labels : torch.Tensor
+        Pseudo label of each isolated sample, same order.
+    stamped : torch.Tensor
+        Indices stamped with the defensive trigger and relabelled (label changed), sorted.
+
+    Returns
+    -------
+    A NabData (a dataclass) holding these fields.
+    """
 
     dataset: ImageDataset
     isolated: torch.Tensor  # indices of the isolated (suspected) samples
@@ -131,8 +242,32 @@ class NabData:
 
 
 def nab_stamp(data: ImageDataset, isolated, pseudo_labels, trigger: Trigger) -> NabData:
-    """Stamp ``trigger`` on the isolated samples whose pseudo label differs from the given label and
-    give them the pseudo label; every other sample is left exactly as it was."""
+    """NAB's data processing (paper Eq. 1).
+
+    Stamp ``trigger`` on the isolated samples whose pseudo label differs from the given label and
+    give them the pseudo label; every other sample is left exactly as it was.
+
+    Parameters
+    ----------
+    data : ImageDataset
+        The (possibly poisoned) training set.
+    isolated : array-like
+        Indices of the isolated samples ``(M,)``, distinct.
+    pseudo_labels : array-like
+        Their pseudo labels ``(M,)``, in ``0..K-1``.
+    trigger : Trigger
+        The defensive trigger.
+
+    Returns
+    -------
+    NabData
+        The processed copy and which samples were stamped.
+
+    Raises
+    ------
+    BadInput
+        On mismatched shapes, repeated or out-of-range indices, or pseudo labels out of range.
+    """
     isolated = torch.as_tensor(isolated, dtype=torch.long)
     pseudo = torch.as_tensor(pseudo_labels, dtype=torch.long)
     require(isolated.ndim == 1 and pseudo.shape == isolated.shape,
@@ -156,7 +291,19 @@ def nab_stamp(data: ImageDataset, isolated, pseudo_labels, trigger: Trigger) -> 
 
 # ----------------------------------------------------------------------------- test time
 class StampedModel(nn.Module):
-    """A deployable wrapper: stamps the defensive trigger on every input, then runs the model."""
+    """A deployable wrapper: stamps the defensive trigger on every input, then runs the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The NAB-trained model.
+    trigger : Trigger
+        The defensive trigger.
+
+    Returns
+    -------
+    A StampedModel (an ``nn.Module``): ``forward(x)`` returns ``model(trigger(x))``, logits ``(N, K)``.
+    """
 
     def __init__(self, model: nn.Module, trigger: Trigger):
         super().__init__()
@@ -169,7 +316,23 @@ class StampedModel(nn.Module):
 
 @dataclass
 class FilterMetrics:
-    """NAB's input filter: reject an input whose prediction changes when the stamp is added."""
+    """NAB's input filter: reject an input whose prediction changes when the stamp is added.
+
+    Parameters
+    ----------
+    clean_rejection : float
+        Share of clean test images rejected.
+    backdoor_rejection : float
+        Share of triggered non-target test images rejected.
+    filtered_asr : float
+        Share of triggered non-target images accepted AND classified as the backdoor label.
+    filtered_clean_accuracy : float
+        Share of clean images accepted AND classified correctly.
+
+    Returns
+    -------
+    A FilterMetrics (a dataclass) holding these fields (all in [0, 1]).
+    """
 
     clean_rejection: float  # share of clean test images rejected
     backdoor_rejection: float  # share of triggered non-target test images rejected
@@ -180,7 +343,27 @@ class FilterMetrics:
 @torch.no_grad()
 def filter_inputs(model: nn.Module, trigger: Trigger, images: torch.Tensor, *, device=None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prediction with the stamp, rejected mask)`` for each image."""
+    """NAB's input filter (paper Sec. 3.4): predictions with the stamp, and which inputs to reject.
+
+    ``(prediction with the stamp, rejected mask)`` for each image.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The NAB-trained model (unwrapped).
+    trigger : Trigger
+        The defensive trigger.
+    images : torch.Tensor
+        Inputs ``(N, C, H, W)``.
+    device : str or torch.device, optional
+        Where the model runs.
+
+    Returns
+    -------
+    tuple of (torch.Tensor, torch.Tensor)
+        Predictions on the stamped inputs ``(N,)`` and the rejected mask ``(N,)`` (prediction
+        changed by the stamp).
+    """
     plain = predict_logits(model, images, device=device).argmax(1)
     stamped = predict_logits(model, trigger(images), device=device).argmax(1)
     return stamped, plain != stamped
@@ -188,6 +371,33 @@ def filter_inputs(model: nn.Module, trigger: Trigger, images: torch.Tensor, *, d
 
 def filter_metrics(model: nn.Module, defense: Trigger, test: ImageDataset, attack: Trigger, target: int | None,
                    *, device=None) -> FilterMetrics:
+    """Measure NAB's input filter on clean and triggered test images.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The NAB-trained model (unwrapped).
+    defense : Trigger
+        The defensive trigger.
+    test : ImageDataset
+        The clean test set.
+    attack : Trigger
+        The attacker's trigger.
+    target : int or None
+        The attack's target class, or ``None`` for all-to-all.
+    device : str or torch.device, optional
+        Where the model runs.
+
+    Returns
+    -------
+    FilterMetrics
+        Rejection rates and the ASR and accuracy after filtering.
+
+    Raises
+    ------
+    BadInput
+        When every test image is of the target class.
+    """
     pred_c, rej_c = filter_inputs(model, defense, test.images, device=device)
     xt, y_true, y_bd = triggered_test_set(test, attack, target)
     pred_t, rej_t = filter_inputs(model, defense, xt, device=device)
@@ -199,7 +409,65 @@ def filter_metrics(model: nn.Module, defense: Trigger, test: ImageDataset, attac
 # ----------------------------------------------------------------------------- end to end
 @dataclass
 class NabResult:
-    """NAB against one attack: detection, pseudo labels, the before/after table and timings."""
+    """NAB against one attack: detection, pseudo labels, the before/after table and timings.
+
+    Parameters
+    ----------
+    attack, data : str
+        The attack and the data spec.
+    seed : int
+        The seed used.
+    detector : str
+        The detector that isolated samples.
+    ratio : float
+        The isolation ratio.
+    pseudo : str
+        ``"vd"`` or ``"nc"``.
+    undefended, nab : BackdoorMetrics
+        CA/ASR/RA before and after NAB.
+    remove_retrain : BackdoorMetrics or None
+        The remove-and-retrain baseline, when run.
+    der_nab : float
+        NAB's DER.
+    der_remove_retrain : float or None
+        The baseline's DER.
+    detection : DetectionResult
+        The detector's scores.
+    n_poisoned, n_isolated, n_stamped : int
+        Poisoned, isolated and stamped training samples.
+    n_stamped_clean_copies : int
+        Stamped copies of the clean subset added (0 = the paper's recipe).
+    pseudo_label_accuracy : float
+        Pseudo label == true (pre-poison) label, over the isolated samples.
+    pseudo_label_accuracy_poisoned : float or None
+        The same, over the isolated samples that are poisoned.
+    vd_model_accuracy : float or None
+        Test accuracy of the VD model.
+    filter : FilterMetrics or None
+        The input filter's metrics, when run.
+    seconds : dict
+        Step → seconds.
+    defense_trigger, attack_trigger : dict
+        The triggers' ``describe()``.
+    class_names : list of str
+        K class names.
+    input_shape : tuple of (int, int, int)
+        ``(C, H, W)``.
+    flagged_images : torch.Tensor
+        Up to 32 most suspicious training images.
+    flagged_labels : list of int
+        Their given labels.
+    flagged_poisoned : list of bool
+        Whether each is truly poisoned.
+    model : nn.Module, optional
+        The NAB-trained model (stamp inputs: wrap it in :class:`StampedModel`).
+    provenance : dict, default {}
+        How the run was made.
+
+    Returns
+    -------
+    A NabResult (a dataclass) holding these fields.
+    """
 
     attack: str
     data: str
@@ -326,6 +594,70 @@ def run_nab(data: str | ImageDataset = "mnist10k", attack: str = "badnets", rate
     so that the stamp cannot come to mean "not the target class" (see the module docstring). ``attack_result`` (a
     :class:`attacks.backdoor.BackdoorAttackResult`) and ``detection`` (a :class:`DetectionResult` on its
     poisoned training set) skip those steps when already computed (the app runs them one by one).
+
+    Parameters
+    ----------
+    data : str or ImageDataset, default "mnist10k"
+        A dataset spec or a dataset.
+    attack : {"badnets", "blended"}, default "badnets"
+        The attack.
+    rate : float, default 0.05
+        Poison rate, in (0, 1).
+    target : int or None, default 0
+        The attack's target class, or ``None`` for all-to-all.
+    seed : int, default 0
+        Seed of every step.
+    detector : {"lga", "spectral", "ac"}, default "spectral"
+        The detector.
+    ratio : float, default 0.05
+        Share of samples isolated.
+    layer : str or None, default "head-input"
+        Feature layer of spectral / ac.
+    pseudo : {"vd", "nc"}, default "vd"
+        Pseudo-labelling method.
+    clean_fraction : float, default 0.05
+        Share of the training split the defender holds as clean, in (0, 1].
+    epochs : int, optional
+        Training epochs of the victim, the NAB model and the baseline.
+    vd_epochs : int, default 20
+        Epochs of the VD model.
+    lga_epochs : int, default 2
+        Epochs of LGA's isolation training.
+    arch : str, default "cnn"
+        Zoo architecture.
+    device : str or torch.device, default "cpu"
+        Where models run.
+    alpha : float, default 0.15
+        Blend weight of the Blended attack.
+    patch_size : int, default 3
+        Patch side of the BadNets attack.
+    trigger : Trigger, optional
+        The defensive trigger (default :func:`defensive_trigger`).
+    stamp_clean_subset : bool, default True
+        Also train on stamped copies of the clean subset (VD only).
+    baselines : bool, default True
+        Also run remove-and-retrain.
+    with_filter : bool, default True
+        Also measure the input filter.
+    test_fraction : float, default 0.2
+        Share held out as the test split.
+    attack_result : BackdoorAttackResult, optional
+        A finished attack to defend (skips the attack).
+    detection : DetectionResult, optional
+        A finished detection on its poisoned set (skips detection).
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    NabResult
+        Detection, pseudo labels, the before/after table and timings.
+
+    Raises
+    ------
+    BadInput
+        On an unknown detector or pseudo-label method, a clean fraction outside (0, 1], a bad ratio,
+        a detection for another dataset, or invalid attack settings.
     """
     from attacks.backdoor import run_backdoor_attack
 

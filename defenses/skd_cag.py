@@ -107,6 +107,16 @@ class AttentionStore:
 
     One store per model: the teacher's and the student's never mix. ``detach=False`` keeps the maps in
     the autograd graph.
+
+    Parameters
+    ----------
+    detach : bool, default False
+        Store detached maps (no gradient).
+
+    Returns
+    -------
+    An AttentionStore: ``maps`` (layer name → ``(B, H·W, K)`` tensor), ``clear()`` and ``len()``;
+    filled by :class:`CrossAttentionCapture`.
     """
 
     def __init__(self, detach: bool = False):
@@ -129,7 +139,20 @@ class AttentionStore:
 
 class CrossAttentionCapture:
     """A diffusers attention processor that computes attention like ``AttnProcessor`` and records the
-    probabilities (mean over heads) into its :class:`AttentionStore` under ``name``."""
+    probabilities (mean over heads) into its :class:`AttentionStore` under ``name``.
+
+    Parameters
+    ----------
+    store : AttentionStore
+        Where the probabilities go.
+    name : str
+        The layer's name (key in ``store.maps``).
+
+    Returns
+    -------
+    A CrossAttentionCapture: a callable processor with diffusers' ``AttnProcessor`` signature,
+    returning the attention output ``(B, N, C)``.
+    """
 
     def __init__(self, store: AttentionStore, name: str):
         self.store = store
@@ -169,7 +192,23 @@ class CrossAttentionCapture:
 
 
 def cross_attention_layers(unet: nn.Module) -> list[str]:
-    """Processor names (``...attn2.processor``) of every cross-attention layer of a diffusers UNet."""
+    """Processor names (``...attn2.processor``) of every cross-attention layer of a diffusers UNet.
+
+    Parameters
+    ----------
+    unet : nn.Module
+        A diffusers ``UNet2DConditionModel`` (anything with ``attn_processors``).
+
+    Returns
+    -------
+    list of str
+        The processor names, in the UNet's order.
+
+    Raises
+    ------
+    BadInput
+        When the model has no attention processors or no cross-attention layer.
+    """
     require(hasattr(unet, "attn_processors") and hasattr(unet, "set_attn_processor"),
             f"{type(unet).__name__} is not a diffusers UNet with attention processors")
     names = []
@@ -187,6 +226,23 @@ def install_attention_capture(unet: nn.Module, detach: bool = False) -> Attentio
     """Install :class:`CrossAttentionCapture` on every cross-attention layer (``set_attn_processor``).
 
     Returns this model's own store; :func:`remove_attention_capture` restores the previous processors.
+
+    Parameters
+    ----------
+    unet : nn.Module
+        A diffusers UNet with cross-attention.
+    detach : bool, default False
+        Store detached maps.
+
+    Returns
+    -------
+    AttentionStore
+        The store the new processors write into (it remembers the previous processors).
+
+    Raises
+    ------
+    BadInput
+        When the model has no cross-attention layer.
     """
     cross = set(cross_attention_layers(unet))
     store = AttentionStore(detach)
@@ -198,6 +254,19 @@ def install_attention_capture(unet: nn.Module, detach: bool = False) -> Attentio
 
 
 def remove_attention_capture(unet: nn.Module, store: AttentionStore) -> None:
+    """Restore the processors :func:`install_attention_capture` replaced, and empty the store.
+
+    Parameters
+    ----------
+    unet : nn.Module
+        The UNet the capture was installed on.
+    store : AttentionStore
+        The store it returned.
+
+    Returns
+    -------
+    None
+    """
     if store.previous:
         unet.set_attn_processor(dict(store.previous))
     store.clear()
@@ -205,7 +274,25 @@ def remove_attention_capture(unet: nn.Module, store: AttentionStore) -> None:
 
 # ---------------------------------------------------------------- token alignment and loss
 def trigger_ids(tokenizer, trigger: str) -> list[int]:
-    """Token ids of the trigger (BadInput if a word is not in the vocabulary)."""
+    """Token ids of the trigger (BadInput if a word is not in the vocabulary).
+
+    Parameters
+    ----------
+    tokenizer : object
+        A tokenizer with ``ids_for(text) -> list of int``.
+    trigger : str
+        The trigger, one or more words.
+
+    Returns
+    -------
+    list of int
+        Its token ids, at least one.
+
+    Raises
+    ------
+    BadInput
+        When the trigger is empty or encodes to no tokens (or a word is out of the vocabulary).
+    """
     require(isinstance(trigger, str) and trigger.strip() != "", "the trigger must be a non-empty string")
     ids = tokenizer.ids_for(trigger)
     require(len(ids) > 0, f"the trigger {trigger!r} encodes to no tokens")
@@ -220,6 +307,28 @@ def token_alignment(student_ids: torch.Tensor, teacher_ids: torch.Tensor, trig: 
     the trigger mask B×K, and the number of trigger tokens ``n``. For a clean teacher prompt
     (``same_length=False``) student position ``order[:, j]`` matches teacher position ``j`` for
     ``j < K − n``; for a substituted prompt (random word) both sequences align position by position.
+
+    Parameters
+    ----------
+    student_ids : torch.Tensor
+        Token ids of the triggered prompts ``(B, K)``.
+    teacher_ids : torch.Tensor
+        Token ids of the teacher's prompts ``(B, K)``.
+    trig : sequence of int
+        The trigger's token ids.
+    same_length : bool, default False
+        The teacher's prompt has a word substituted for the trigger (``random_word`` target).
+
+    Returns
+    -------
+    tuple of (torch.Tensor, torch.Tensor, int)
+        ``order`` ``(B, K)``, the trigger mask ``(B, K)`` and ``n``.
+
+    Raises
+    ------
+    BadInput
+        When a prompt lacks the trigger, the trigger occurs a different number of times across
+        prompts, or the prompts differ in more than the trigger.
     """
     is_trig = torch.isin(student_ids, torch.tensor(list(trig), device=student_ids.device))
     counts = is_trig.sum(1)
@@ -240,7 +349,33 @@ def attention_loss(student: AttentionStore, teacher: AttentionStore, order: torc
                    target: str, generator: torch.Generator | None = None, same_length: bool = False
                    ) -> torch.Tensor:
     """L_attn: per layer, MSE of shared-token maps to the teacher's and of trigger-token maps
-    to the neutral target; mean over layers."""
+    to the neutral target; mean over layers.
+
+    Parameters
+    ----------
+    student, teacher : AttentionStore
+        The two models' maps of the same forward step (same layers).
+    order : torch.Tensor
+        The student's token order ``(B, K)`` from :func:`token_alignment`.
+    n_trig : int
+        Number of trigger tokens.
+    target : {"noise", "zeros", "random_word"}
+        What the trigger tokens' maps are pulled to.
+    generator : torch.Generator, optional
+        Draws of the ``"noise"`` target (U(0, 2/K)).
+    same_length : bool, default False
+        Aligned position by position (``random_word``).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar L_attn, differentiable in the student's maps.
+
+    Raises
+    ------
+    BadInput
+        On an unknown target, or stores with different or no layers.
+    """
     require(target in TARGETS, f"unknown trigger target {target!r}; use one of {', '.join(TARGETS)}")
     require(set(student.maps) == set(teacher.maps) and len(student.maps) > 0,
             "teacher and student stores hold different layers (run both forward passes first)")
@@ -270,6 +405,46 @@ def attention_loss(student: AttentionStore, teacher: AttentionStore, order: torc
 # ---------------------------------------------------------------- the unlearning loop
 @dataclass
 class SKDCAGConfig:
+    """Settings of an SKD-CAG (or reversal) run; ``validate()`` checks them.
+
+    Parameters
+    ----------
+    alpha : float, default 0.5
+        α of ``L = α·L_attn + (1 − α)·L_pred``, in [0, 1].
+    target : {"noise", "zeros", "random_word"}, default "zeros"
+        Trigger attention target.
+    params : {"all", "kv", "none"}, default "none"
+        UNet parameters that train: all (the paper), cross-attention key/value, or none.
+    steps : int, default 150
+        Optimisation steps, at least 1.
+    batch_size : int, default 32
+        Prompts per step, at least 1.
+    lr : float, default 2e-4
+        AdamW learning rate, > 0.
+    weight_decay : float, default 1e-2
+        AdamW weight decay.
+    ema_decay : float, optional
+        EMA of the UNet's weights, in [0, 1) (default: none).
+    trigger_position : int, default 0
+        Word position where the trigger is inserted (0 = prefix).
+    inputs : {"noise", "trajectory"}, default "trajectory"
+        ``x_t`` ~ N(0, I) at random t (the paper), or the teacher's own DDIM trajectory (ours).
+    trajectory_steps : int, default 20
+        DDIM steps of the trajectory.
+    preserve : float, default 1.0
+        Weight of the clean-prompt anchor, ≥ 0 (0 = the paper's loss).
+    text_encoder : bool, default True
+        Also train the student's text encoder (ours).
+
+    Returns
+    -------
+    An SKDCAGConfig (a dataclass) holding these fields.
+
+    Raises
+    ------
+    BadInput
+        From ``validate()``: on any field out of range, or ``params="none"`` without ``text_encoder``.
+    """
     alpha: float = 0.5
     target: str = "zeros"
     #: UNet parameters that train: "all" (the paper), "kv" (cross-attention key/value) or "none".
@@ -307,7 +482,29 @@ class SKDCAGConfig:
 
 @dataclass
 class UnlearnRun:
-    """The unlearned model and the loss curves of one SKD-CAG (or reversal) run."""
+    """The unlearned model and the loss curves of one SKD-CAG (or reversal) run.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The unlearned model.
+    config : SKDCAGConfig
+        The settings used.
+    trigger : str
+        The trigger unlearned.
+    method : str
+        ``"SKD-CAG"`` or ``"fine-tuning reversal"``.
+    loss, loss_pred, loss_attn : list of float, default []
+        Total, L_pred and L_attn per step.
+    seconds : float, default 0.0
+        Training time.
+    trainable_parameters : int, default 0
+        Number of trained parameters.
+
+    Returns
+    -------
+    An UnlearnRun (a dataclass) holding these fields.
+    """
 
     model: TextToImage
     config: SKDCAGConfig
@@ -321,6 +518,20 @@ class UnlearnRun:
 
 
 def trainable_parameters(unet: nn.Module, params: str) -> list[nn.Parameter]:
+    """The UNet parameters an SKD-CAG run trains.
+
+    Parameters
+    ----------
+    unet : nn.Module
+        A diffusers UNet.
+    params : {"all", "kv", "none"}
+        All parameters, the cross-attention key/value projections, or none.
+
+    Returns
+    -------
+    list of nn.Parameter
+        The parameters to optimise (empty for ``"none"``).
+    """
     if params == "all":
         return list(unet.parameters())
     if params == "none":
@@ -462,14 +673,61 @@ def _distill(student_model: TextToImage, teacher_model: TextToImage, trigger: st
 
 
 def default_prompts(n_per_class: int = 6, seed: int = 1234) -> list[str]:
-    """The clean prompts to distil on (the analogue of the authors' ``base_prompts.txt``)."""
+    """The clean prompts to distil on (the analogue of the authors' ``base_prompts.txt``).
+
+    Parameters
+    ----------
+    n_per_class : int, default 6
+        Prompts per digit.
+    seed : int, default 1234
+        Seed of the prompt templates.
+
+    Returns
+    -------
+    list of str
+        ``10·n_per_class`` clean prompts.
+
+    Examples
+    --------
+    >>> len(default_prompts(2))
+    20
+    """
     return balanced_prompts(n_per_class, seed=seed)[0]
 
 
 def skd_cag(backdoored: TextToImage, trigger: str, prompts: Sequence[str] | None = None,
             config: SKDCAGConfig | None = None, *, seed: int = 0, device: str | torch.device | None = None,
             progress: Progress | None = None) -> UnlearnRun:
-    """Unlearn ``trigger`` from ``backdoored`` with SKD-CAG; returns a new model (the input is untouched)."""
+    """Unlearn ``trigger`` from ``backdoored`` with SKD-CAG; returns a new model (the input is untouched).
+
+    Parameters
+    ----------
+    backdoored : TextToImage
+        The backdoored model (teacher and student are copies).
+    trigger : str
+        The trigger to unlearn.
+    prompts : sequence of str, optional
+        Clean prompts to distil on (default :func:`default_prompts`).
+    config : SKDCAGConfig, optional
+        Settings (default ``SKDCAGConfig()``).
+    seed : int, default 0
+        Seed of inputs, timesteps and batches.
+    device : str or torch.device, optional
+        Where training runs (default: the model's device).
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    UnlearnRun
+        The unlearned copy and its loss curves.
+
+    Raises
+    ------
+    BadInput
+        On an invalid config, an empty trigger or one not in the vocabulary, no prompts, a prompt
+        that already contains the trigger, or a triggered prompt too long for the tokenizer.
+    """
     cfg = config or SKDCAGConfig()
     student = backdoored.clone()
     teacher = backdoored.clone()
@@ -480,7 +738,38 @@ def skd_cag(backdoored: TextToImage, trigger: str, prompts: Sequence[str] | None
 def finetune_reversal(backdoored: TextToImage, clean: TextToImage, trigger: str,
                       prompts: Sequence[str] | None = None, config: SKDCAGConfig | None = None, *, seed: int = 0,
                       device: str | torch.device | None = None, progress: Progress | None = None) -> UnlearnRun:
-    """Baseline: distil the clean model's answer to the *triggered* prompt into the backdoored one (L_pred only)."""
+    """Baseline: distil the clean model's answer to the *triggered* prompt into the backdoored one (L_pred only).
+
+    Parameters
+    ----------
+    backdoored : TextToImage
+        The backdoored model (the student is a copy).
+    clean : TextToImage
+        A clean model (the teacher).
+    trigger : str
+        The trigger to unlearn.
+    prompts : sequence of str, optional
+        Clean prompts (default :func:`default_prompts`).
+    config : SKDCAGConfig, optional
+        Settings; ``alpha`` is forced to 0.
+    seed : int, default 0
+        Seed of inputs, timesteps and batches.
+    device : str or torch.device, optional
+        Where training runs (default: the model's device).
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    UnlearnRun
+        The reversed copy and its loss curve.
+
+    Raises
+    ------
+    BadInput
+        On an invalid config, an empty trigger or one not in the vocabulary, no prompts, a prompt
+        that already contains the trigger, or a triggered prompt too long for the tokenizer.
+    """
     base = config or SKDCAGConfig()
     cfg = SKDCAGConfig(**{**base.__dict__, "alpha": 0.0})
     return _distill(backdoored.clone(), clean.clone(), trigger, prompts or default_prompts(), cfg, True, seed,
@@ -493,7 +782,33 @@ def trigger_attention_mass(model: TextToImage, trigger: str, prompts: Sequence[s
                            timesteps: Sequence[int] = (100, 300, 500, 700, 900), seed: int = 0,
                            position: int = 0) -> float:
     """Mean cross-attention probability that image positions give the trigger tokens (triggered prompts,
-    Gaussian-noise inputs at ``timesteps``; mean over layers, heads, positions, prompts)."""
+    Gaussian-noise inputs at ``timesteps``; mean over layers, heads, positions, prompts).
+
+    Parameters
+    ----------
+    model : TextToImage
+        The model.
+    trigger : str
+        The trigger.
+    prompts : sequence of str, optional
+        Clean prompts (default ``default_prompts(2)``); the trigger is inserted at ``position``.
+    timesteps : sequence of int, default (100, 300, 500, 700, 900)
+        Diffusion timesteps.
+    seed : int, default 0
+        Seed of the noise inputs.
+    position : int, default 0
+        Word position of the trigger.
+
+    Returns
+    -------
+    float
+        The mean attention mass on the trigger tokens, in [0, 1].
+
+    Raises
+    ------
+    BadInput
+        When the trigger encodes to no tokens, or the model has no cross-attention.
+    """
     trig = trigger_ids(model.tokenizer, trigger)
     prompts = insert_trigger(list(prompts or default_prompts(2)), trigger, position)
     ids = model.tokenizer.encode(prompts).to(model.device)
@@ -524,6 +839,24 @@ def token_attention_maps(model: TextToImage, prompt: str, image: torch.Tensor | 
 
     The image (generated from the prompt when not given) is noised to each of ``timesteps``; maps are
     averaged over layers (upsampled to the image size), heads and timesteps, then scaled by their max.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The model.
+    prompt : str
+        The prompt.
+    image : torch.Tensor, optional
+        An image ``(C, H, W)`` in [0, 1] (default: generated from the prompt).
+    timesteps : sequence of int, default (200, 500, 800)
+        Noise levels to average over.
+    seed : int, default 0
+        Seed of generation and noise.
+
+    Returns
+    -------
+    tuple of (list of str, torch.Tensor)
+        The T tokens up to ``<eos>`` and their maps ``(T, H, W)`` in [0, 1].
     """
     if image is None:
         image = sample(model, [prompt], seed=seed)[0]
@@ -560,7 +893,45 @@ def token_attention_maps(model: TextToImage, prompt: str, image: torch.Tensor | 
 
 @dataclass
 class UnlearningEvaluation:
-    """Removal rate, clean fidelity and trigger attention mass of one unlearned model."""
+    """Removal rate, clean fidelity and trigger attention mass of one unlearned model.
+
+    Parameters
+    ----------
+    method, kind, trigger : str
+        Unlearning method, backdoor kind and trigger.
+    alpha : float
+        α used.
+    target, params : str
+        Trigger target and trained UNet parameters.
+    steps : int
+        Unlearning steps.
+    seconds : float
+        Unlearning time.
+    backdoor_rate_before, backdoor_rate_after : float
+        Share of triggered generations showing the backdoor, in [0, 1].
+    removal_rate : float
+        ``1 − backdoor_rate_after``: share of triggered generations no longer showing the backdoor.
+    clean_accuracy_before, clean_accuracy_after : float
+        Judge accuracy on clean-prompt generations.
+    clean_fidelity_drop : float
+        ``before − after``.
+    trigger_mass_before, trigger_mass_after : float
+        :func:`trigger_attention_mass` of both models.
+    images_before, images_after, clean_images_after : torch.Tensor, optional
+        Example generations.
+    captions : list of str, default []
+        Their prompts.
+    loss_curve : list of float, default []
+        The run's loss per step.
+    attention_tokens : list of str, default []
+        Tokens of the attention example.
+    attention_before, attention_after : torch.Tensor, optional
+        Their maps ``(T, H, W)``.
+
+    Returns
+    -------
+    An UnlearningEvaluation (a dataclass) holding these fields.
+    """
 
     method: str
     kind: str
@@ -637,6 +1008,32 @@ def evaluate_unlearning(backdoored: TextToImage, run: UnlearnRun, judge: nn.Modu
     """Measure removal rate, clean fidelity and trigger attention mass before and after unlearning.
 
     ``before`` may carry already measured ``{"rate", "clean", "mass"}`` of the backdoored model.
+
+    Parameters
+    ----------
+    backdoored : TextToImage
+        The model before unlearning.
+    run : UnlearnRun
+        The unlearning run.
+    judge : nn.Module
+        A digit classifier.
+    spec : TextTriggerSpec
+        The backdoor.
+    n_per_class : int, default 10
+        Prompts per digit.
+    seed : int, default 0
+        Seed of prompts and sampling.
+    steps : int, default 20
+        DDIM sampling steps.
+    guidance : float, default 1.0
+        Classifier-free guidance scale.
+    before : dict, optional
+        ``{"rate", "clean", "mass"}`` of the backdoored model, when already measured.
+
+    Returns
+    -------
+    UnlearningEvaluation
+        Removal rate, clean fidelity and attention mass before and after.
     """
     prompts = balanced_prompts(n_per_class, seed=seed)
     if before is None:

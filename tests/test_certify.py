@@ -338,7 +338,7 @@ def test_app_page_certifies_the_current_model(zoo_model):
     # the figures shown are the library's on the same inputs and parameters
     from workbench.ui.certifiers import _test_images
 
-    x, y = _test_images(load_dataset("digits"), 20)
+    x, y = _test_images(load_dataset("digits"), at.session_state["model"], 20)
     s = certify_smoothing(model, x, 0.25, n0=100, n=100, alpha=0.001, labels=y).summary()
     assert shown == {"Certified classifier accuracy": f"{100 * s['accuracy']:.1f}%",
                      "Abstain (fallback) rate": f"{100 * s['abstain_rate']:.1f}%",

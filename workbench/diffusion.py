@@ -59,6 +59,24 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 def default_vocabulary() -> list[str]:
+    """The project's fixed vocabulary for :class:`WordTokenizer`.
+
+    The special tokens, then every template word, digit names and numerals, the neutral words
+    (:data:`NEUTRAL_WORDS`) and the trigger candidates (:data:`TRIGGER_WORDS`), each once.
+
+    Parameters: none (it takes no arguments).
+
+    Returns
+    -------
+    list of str
+        The vocabulary, starting with ``<pad>``, ``<bos>``, ``<eos>``.
+
+    Examples
+    --------
+    >>> v = default_vocabulary()
+    >>> v[:4], len(v)
+    (['<pad>', '<bos>', '<eos>', 'a'], 46)
+    """
     words: list[str] = []
     for t in TEMPLATES:
         words += [w for w in t.split() if not w.startswith("{")]
@@ -71,7 +89,34 @@ def default_vocabulary() -> list[str]:
 
 
 class WordTokenizer:
-    """Whitespace word tokenizer over a fixed vocabulary, CLIP-style framing, padded to ``max_length``."""
+    """Whitespace word tokenizer over a fixed vocabulary, CLIP-style framing, padded to ``max_length``.
+
+    Unknown words and prompts longer than ``max_length − 2`` words are :class:`BadInput`.
+    ``encode(prompts)`` gives ids ``(B, max_length)``, ``tokens(prompt)`` the token strings,
+    ``ids_for(text)`` the ids without framing.
+
+    Parameters
+    ----------
+    vocab : sequence of str, optional
+        The vocabulary, starting with ``<pad>``, ``<bos>``, ``<eos>``, no duplicates (default
+        :func:`default_vocabulary`).
+    max_length : int, default 10
+        Tokens per encoded prompt, including ``<bos>`` and ``<eos>``, at least 3.
+
+    Returns
+    -------
+    A WordTokenizer (callable: ``tokenizer(prompts)`` is ``encode(prompts)``).
+
+    Raises
+    ------
+    BadInput
+        On a vocabulary without the special tokens first or with duplicates, or ``max_length`` < 3.
+
+    Examples
+    --------
+    >>> WordTokenizer().tokens("digit 3")[:5]
+    ['<bos>', 'digit', '3', '<eos>', '<pad>']
+    """
 
     def __init__(self, vocab: Sequence[str] | None = None, max_length: int = 10):
         self.vocab = list(vocab) if vocab is not None else default_vocabulary()
@@ -133,18 +178,80 @@ class WordTokenizer:
 
 
 def class_prompt(label: int, template: int = 0) -> str:
+    """The prompt for a digit from one of the :data:`TEMPLATES`.
+
+    Parameters
+    ----------
+    label : int
+        The digit, 0..9.
+    template : int, default 0
+        Template index (taken modulo the number of templates).
+
+    Returns
+    -------
+    str
+        The prompt.
+
+    Raises
+    ------
+    BadInput
+        When ``label`` is not a digit.
+
+    Examples
+    --------
+    >>> class_prompt(3), class_prompt(3, 1)
+    ('a handwritten digit three', 'the number 3')
+    """
     require(0 <= label < 10, f"digit label must be in 0..9, got {label}")
     return TEMPLATES[template % len(TEMPLATES)].format(word=DIGIT_WORDS[label], num=label)
 
 
 def random_prompts(labels: torch.Tensor, generator: torch.Generator) -> list[str]:
-    """One prompt per label from a randomly chosen template (seeded)."""
+    """One prompt per label from a randomly chosen template (seeded).
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        Digits ``(N,)``.
+    generator : torch.Generator
+        Draws of the templates.
+
+    Returns
+    -------
+    list of str
+        N prompts.
+
+    Examples
+    --------
+    >>> random_prompts(torch.tensor([1, 2]), torch.Generator().manual_seed(0))
+    ['a drawing of the digit one', 'digit 2']
+    """
     t = torch.randint(0, len(TEMPLATES), (len(labels),), generator=generator).tolist()
     return [class_prompt(int(y), k) for y, k in zip(labels.tolist(), t)]
 
 
 def insert_trigger(prompts: Sequence[str], trigger: str, position: int = 0) -> list[str]:
-    """Put the trigger word at word ``position`` of each prompt (0 = prefix, as the paper does)."""
+    """Put the trigger word at word ``position`` of each prompt (0 = prefix, as the paper does).
+
+    Parameters
+    ----------
+    prompts : sequence of str
+        Clean prompts.
+    trigger : str
+        The trigger word.
+    position : int, default 0
+        Word index (past the end: appended).
+
+    Returns
+    -------
+    list of str
+        The triggered prompts.
+
+    Examples
+    --------
+    >>> insert_trigger(["digit 3"], "cf"), insert_trigger(["digit 3"], "cf", 1)
+    (['cf digit 3'], ['digit cf 3'])
+    """
     out = []
     for p in prompts:
         w = p.split()
@@ -155,7 +262,44 @@ def insert_trigger(prompts: Sequence[str], trigger: str, position: int = 0) -> l
 
 @dataclass
 class DiffusionConfig:
-    """Sizes of the small text-to-image model (defaults: 8×8 digits, a 0.27M-parameter UNet)."""
+    """Sizes of the small text-to-image model (defaults: 8×8 digits, a 0.27M-parameter UNet).
+
+    Parameters
+    ----------
+    image_size : int, default 8
+        Side of the square images, at least 4 and divisible by ``2**(len(block_out_channels) − 1)``.
+    channels : {1, 3}, default 1
+        Image channels.
+    block_out_channels : tuple of int, default (16, 32)
+        UNet block widths.
+    layers_per_block : int, default 1
+        ResNet layers per UNet block.
+    attention_heads : int, default 2
+        UNet attention head dimension (diffusers' ``attention_head_dim``).
+    norm_num_groups : int, default 8
+        GroupNorm groups.
+    text_dim : int, default 32
+        Text encoder width (and the UNet's cross-attention dimension).
+    text_layers : int, default 2
+        Text encoder layers.
+    text_heads : int, default 2
+        Text encoder attention heads.
+    max_length : int, default 10
+        Tokens per prompt.
+    num_train_timesteps : int, default 1000
+        DDPM timesteps.
+    beta_schedule : str, default "squaredcos_cap_v2"
+        diffusers' noise schedule name.
+
+    Returns
+    -------
+    A DiffusionConfig (a dataclass) holding these fields.
+
+    Raises
+    ------
+    BadInput
+        On an image size or channel count the UNet cannot take.
+    """
 
     image_size: int = 8
     channels: int = 1
@@ -179,6 +323,20 @@ class DiffusionConfig:
 
 
 def build_unet(cfg: DiffusionConfig, seed: int = 0):
+    """A seeded diffusers ``UNet2DConditionModel`` with cross-attention in every block (pixel space).
+
+    Parameters
+    ----------
+    cfg : DiffusionConfig
+        The model's sizes.
+    seed : int, default 0
+        Seed of the initialisation (the global RNG is left as it was).
+
+    Returns
+    -------
+    diffusers.UNet2DConditionModel
+        The untrained UNet.
+    """
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.block_out_channels)
@@ -193,6 +351,22 @@ def build_unet(cfg: DiffusionConfig, seed: int = 0):
 
 
 def build_text_encoder(cfg: DiffusionConfig, vocab_size: int, seed: int = 0):
+    """A seeded transformers ``CLIPTextModel`` from a small ``CLIPTextConfig``.
+
+    Parameters
+    ----------
+    cfg : DiffusionConfig
+        The model's sizes.
+    vocab_size : int
+        Size of the tokenizer's vocabulary.
+    seed : int, default 0
+        Seed of the initialisation (the global RNG is left as it was).
+
+    Returns
+    -------
+    transformers.CLIPTextModel
+        The untrained text encoder.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tc = CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.text_dim, intermediate_size=2 * cfg.text_dim,
@@ -205,6 +379,18 @@ def build_text_encoder(cfg: DiffusionConfig, vocab_size: int, seed: int = 0):
 
 
 def build_noise_scheduler(cfg: DiffusionConfig):
+    """The DDPM noise schedule of a config (ε-prediction, clipped samples).
+
+    Parameters
+    ----------
+    cfg : DiffusionConfig
+        The model's sizes.
+
+    Returns
+    -------
+    diffusers.DDPMScheduler
+        The scheduler.
+    """
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
@@ -213,7 +399,30 @@ def build_noise_scheduler(cfg: DiffusionConfig):
 
 @dataclass
 class TextToImage:
-    """A UNet, its text encoder and tokenizer, and the noise schedule they were trained with."""
+    """A UNet, its text encoder and tokenizer, and the noise schedule they were trained with.
+
+    ``encode(prompts)`` gives text embeddings ``(B, L, D)``; ``clone()`` a deep copy; ``to(device)``
+    moves both networks; ``noise_scheduler()`` builds the schedule.
+
+    Parameters
+    ----------
+    unet : nn.Module
+        A diffusers ``UNet2DConditionModel``.
+    text_encoder : nn.Module
+        A ``CLIPTextModel``.
+    tokenizer : WordTokenizer
+        The tokenizer.
+    config : DiffusionConfig, default DiffusionConfig()
+        The sizes.
+    class_names : list of str, default ["0", …, "9"]
+        The digit names.
+    provenance : dict, default {}
+        How the model was made.
+
+    Returns
+    -------
+    A TextToImage (a dataclass) holding these fields.
+    """
 
     unet: nn.Module
     text_encoder: nn.Module
@@ -250,6 +459,20 @@ class TextToImage:
 
 
 def build_text_to_image(cfg: DiffusionConfig | None = None, seed: int = 0) -> TextToImage:
+    """A fresh, seeded, untrained :class:`TextToImage`.
+
+    Parameters
+    ----------
+    cfg : DiffusionConfig, optional
+        Sizes (default ``DiffusionConfig()``).
+    seed : int, default 0
+        Seed of the UNet (the text encoder uses ``seed + 1``).
+
+    Returns
+    -------
+    TextToImage
+        The model with the default vocabulary.
+    """
     cfg = cfg or DiffusionConfig()
     tok = WordTokenizer(max_length=cfg.max_length)
     return TextToImage(build_unet(cfg, seed), build_text_encoder(cfg, len(tok), seed + 1), tok, cfg)
@@ -258,7 +481,21 @@ def build_text_to_image(cfg: DiffusionConfig | None = None, seed: int = 0) -> Te
 # ---------------------------------------------------------------- training
 @dataclass
 class DiffusionFit:
-    """What :func:`fit_diffusion` did: per-step losses and time."""
+    """What :func:`fit_diffusion` did: per-step losses and time.
+
+    Parameters
+    ----------
+    steps : int
+        Optimisation steps.
+    losses : list of float
+        Loss per step.
+    seconds : float
+        Training time.
+
+    Returns
+    -------
+    A DiffusionFit (a dataclass) holding these fields; ``smoothed(window=50)`` gives the running mean.
+    """
 
     steps: int
     losses: list[float]
@@ -282,6 +519,48 @@ def fit_diffusion(model: TextToImage, images: torch.Tensor, prompts: PromptSourc
     ``images`` N×C×H×W in [0, 1]; ``prompts`` is either one prompt per image or a callable
     ``(labels_batch, generator) -> prompts`` (fresh templates each step; needs ``labels``). A share
     ``prompt_dropout`` of prompts is replaced by the empty prompt for classifier-free guidance.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The model, trained in place.
+    images : torch.Tensor
+        Training images ``(N, C, H, W)`` in [0, 1], of the model's size.
+    prompts : sequence of str or callable
+        One prompt per image, or ``f(labels_batch, generator) -> prompts``.
+    labels : torch.Tensor, optional
+        Labels ``(N,)`` (needed with a callable ``prompts``).
+    steps : int, default 3000
+        Optimisation steps.
+    batch_size : int, default 64
+        Images per step.
+    lr : float, default 2e-3
+        Peak AdamW learning rate.
+    weight_decay : float, default 1e-4
+        AdamW weight decay.
+    prompt_dropout : float, default 0.1
+        Share of prompts replaced by the empty prompt, in [0, 1).
+    train_text_encoder : bool, default True
+        Also train the text encoder.
+    seed : int, default 0
+        Seed of batches, noise and timesteps.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    DiffusionFit
+        The per-step losses and time.
+
+    Raises
+    ------
+    BadInput
+        On images of the wrong shape, counts below 1, ``lr`` ≤ 0, a dropout outside [0, 1), or
+        prompts or labels that do not match the images.
+    FloatingPointError
+        When the loss diverges.
     """
     require(images.ndim == 4 and len(images) > 0, f"images must be a non-empty N×C×H×W tensor, got {tuple(images.shape)}")
     require(tuple(images.shape[1:]) == (model.config.channels, model.config.image_size, model.config.image_size),
@@ -344,7 +623,25 @@ def fit_diffusion(model: TextToImage, images: torch.Tensor, prompts: PromptSourc
 
 
 def diffusion_data(data: str | ImageDataset = "digits", image_size: int = 8) -> ImageDataset:
-    """Load a digit dataset and bring it to ``image_size`` (the model's resolution)."""
+    """Load a digit dataset and bring it to ``image_size`` (the model's resolution).
+
+    Parameters
+    ----------
+    data : str or ImageDataset, default "digits"
+        A dataset spec or a dataset with 10 digit classes.
+    image_size : int, default 8
+        Target side in pixels.
+
+    Returns
+    -------
+    ImageDataset
+        The resized dataset.
+
+    Raises
+    ------
+    BadInput
+        When the data does not have 10 classes (or the spec is invalid).
+    """
     ds = load_dataset(data) if isinstance(data, str) else data
     require(ds.num_classes == 10, f"{ds.name}: the prompt templates name digits 0-9, got {ds.num_classes} classes")
     return ds.resized(image_size)
@@ -352,6 +649,21 @@ def diffusion_data(data: str | ImageDataset = "digits", image_size: int = 8) -> 
 
 @dataclass
 class TrainedTextToImage:
+    """A trained text-to-image model and its training record.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The trained model.
+    fit : DiffusionFit
+        Its losses and time.
+    data : str
+        The data it was trained on.
+
+    Returns
+    -------
+    A TrainedTextToImage (a dataclass) holding these fields.
+    """
     model: TextToImage
     fit: DiffusionFit
     data: str
@@ -361,7 +673,37 @@ def train_text_to_image(data: str | ImageDataset = "digits", cfg: DiffusionConfi
                         steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                         device: str | torch.device | None = "cpu", progress: Progress | None = None
                         ) -> TrainedTextToImage:
-    """Build a model from ``cfg`` and train it on ``data`` with random prompt templates per class."""
+    """Build a model from ``cfg`` and train it on ``data`` with random prompt templates per class.
+
+    Parameters
+    ----------
+    data : str or ImageDataset, default "digits"
+        Digit images.
+    cfg : DiffusionConfig, optional
+        Sizes (default ``DiffusionConfig()``).
+    steps : int, default 3000
+        Training steps.
+    batch_size : int, default 64
+        Images per step.
+    lr : float, default 2e-3
+        Peak learning rate.
+    seed : int, default 0
+        Seed of initialisation and training.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    TrainedTextToImage
+        The model (with provenance) and its training record.
+
+    Raises
+    ------
+    BadInput
+        When the data is not 10 digit classes or its channels differ from the config's.
+    """
     cfg = cfg or DiffusionConfig()
     ds = diffusion_data(data, cfg.image_size)
     require(ds.channels == cfg.channels, f"{ds.name} has {ds.channels} channels, the config {cfg.channels}")
@@ -386,6 +728,38 @@ def sample(model: TextToImage, prompts: Sequence[str], *, steps: int = 25, guida
     ``guidance`` (1 = no guidance). Runs in eval mode under ``no_grad`` and restores the modules'
     training flags, so sampling never changes the model. With ``return_trajectory`` also returns
     the visited ``(x_t, t)`` pairs (a list of CPU tensors) for distillation inputs.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The model.
+    prompts : sequence of str
+        One prompt per image (at least one).
+    steps : int, default 25
+        Sampling steps, in ``1..num_train_timesteps``.
+    guidance : float, default 1.0
+        Classifier-free guidance scale, ≥ 0.
+    sampler : {"ddim", "ddpm"}, default "ddim"
+        The sampler.
+    seed : int, default 0
+        Seed of the noise.
+    batch_size : int, default 256
+        Images per batch.
+    device : str or torch.device, optional
+        Move the model there first (default: where it is).
+    return_trajectory : bool, default False
+        Also return the visited ``(x_t, t)`` pairs.
+
+    Returns
+    -------
+    torch.Tensor or tuple of (torch.Tensor, list)
+        Images ``(N, C, H, W)`` in [0, 1] on the CPU, and with ``return_trajectory`` the trajectory.
+
+    Raises
+    ------
+    BadInput
+        On an unknown sampler, steps out of range, negative guidance, no prompts, or a prompt the
+        tokenizer rejects.
     """
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -445,7 +819,20 @@ CHECKPOINT_FORMAT = "workbench-text2image/1"
 
 
 def save_text_to_image(model: TextToImage, directory: str | Path) -> Path:
-    """Write ``unet.safetensors``, ``text_encoder.safetensors`` and ``text2image.json`` atomically."""
+    """Write ``unet.safetensors``, ``text_encoder.safetensors`` and ``text2image.json`` atomically.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The model.
+    directory : str or pathlib.Path
+        The checkpoint folder (created if needed).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+    """
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -460,7 +847,26 @@ def save_text_to_image(model: TextToImage, directory: str | Path) -> Path:
 
 
 def load_text_to_image(directory: str | Path, device: str | torch.device = "cpu") -> TextToImage:
-    """Load a checkpoint written by :func:`save_text_to_image` (safetensors only, never pickle)."""
+    """Load a checkpoint written by :func:`save_text_to_image` (safetensors only, never pickle).
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        A folder written by :func:`save_text_to_image`.
+    device : str or torch.device, default "cpu"
+        Where to put the model.
+
+    Returns
+    -------
+    TextToImage
+        The model, in eval mode.
+
+    Raises
+    ------
+    BadInput
+        When the folder or a file is missing, the description is invalid or of another format, or
+        the weights do not match the config.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -497,6 +903,15 @@ def load_text_to_image(directory: str | Path, device: str | torch.device = "cpu"
 
 # ---------------------------------------------------------------- judging generations
 def cache_dir() -> Path:
+    """The workbench's cache folder: ``$WORKBENCH_CACHE``, default ``~/.cache/workbench``.
+
+    Parameters: none (it takes no arguments).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (not created).
+    """
     return Path(os.environ.get("WORKBENCH_CACHE", Path.home() / ".cache" / "workbench"))
 
 
@@ -506,6 +921,24 @@ def judge_classifier(data: str = "digits", image_size: int = 8, seed: int = 0, c
 
     Returns a :class:`~workbench.models.LoadedModel`; the cache lives in ``$WORKBENCH_CACHE``
     (default ``~/.cache/workbench``) under ``judge-<data>-<size>-<seed>``.
+
+    Parameters
+    ----------
+    data : str, default "digits"
+        The digit dataset spec.
+    image_size : int, default 8
+        Image side the judge takes.
+    seed : int, default 0
+        Training seed.
+    cache : bool, default True
+        Read and write the cache.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    LoadedModel
+        The judge (``.model``) and its model card.
     """
     from .models import load_model, save_model
     from .training import train_classifier
@@ -526,7 +959,27 @@ def judge_classifier(data: str = "digits", image_size: int = 8, seed: int = 0, c
 
 
 def balanced_prompts(n_per_class: int, classes: Sequence[int] = range(10), seed: int = 0) -> tuple[list[str], torch.Tensor]:
-    """``n_per_class`` prompts for each class, templates cycling; returns (prompts, labels)."""
+    """``n_per_class`` prompts for each class, templates cycling; returns (prompts, labels).
+
+    Parameters
+    ----------
+    n_per_class : int
+        Prompts per class.
+    classes : sequence of int, default range(10)
+        The digits.
+    seed : int, default 0
+        Seed of the templates.
+
+    Returns
+    -------
+    tuple of (list of str, torch.Tensor)
+        The prompts and their labels ``(n_per_class·len(classes),)``.
+
+    Examples
+    --------
+    >>> balanced_prompts(1, classes=[4, 5])
+    (['a drawing of the digit four', 'digit 5'], tensor([4, 5]))
+    """
     labels = torch.tensor([c for c in classes for _ in range(n_per_class)], dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     return random_prompts(labels, gen), labels
@@ -534,6 +987,27 @@ def balanced_prompts(n_per_class: int, classes: Sequence[int] = range(10), seed:
 
 @dataclass
 class PromptAccuracy:
+    """How often generations show the prompted digit, per the judge.
+
+    Parameters
+    ----------
+    accuracy : float
+        Share of generations classified as the prompted digit, in [0, 1].
+    per_class : list of float
+        The same per digit 0..9 (NaN for a digit without prompts).
+    images : torch.Tensor
+        The generations ``(N, C, H, W)``.
+    prompts : list of str
+        Their prompts.
+    labels : torch.Tensor
+        The prompted digits ``(N,)``.
+    predictions : torch.Tensor
+        The judge's predictions ``(N,)``.
+
+    Returns
+    -------
+    A PromptAccuracy (a dataclass) holding these fields.
+    """
     accuracy: float
     per_class: list[float]
     images: torch.Tensor
@@ -545,7 +1019,30 @@ class PromptAccuracy:
 def prompt_accuracy(model: TextToImage, judge: nn.Module, n_per_class: int = 20, *, seed: int = 0,
                     steps: int = 25, guidance: float = 1.0, prompts: tuple[list[str], torch.Tensor] | None = None
                     ) -> PromptAccuracy:
-    """Share of clean-prompt generations that the judge classifies as the prompted digit."""
+    """Share of clean-prompt generations that the judge classifies as the prompted digit.
+
+    Parameters
+    ----------
+    model : TextToImage
+        The generator.
+    judge : nn.Module
+        A digit classifier.
+    n_per_class : int, default 20
+        Prompts per digit (when ``prompts`` is not given).
+    seed : int, default 0
+        Seed of prompts and sampling.
+    steps : int, default 25
+        Sampling steps.
+    guidance : float, default 1.0
+        Classifier-free guidance scale.
+    prompts : tuple of (list of str, torch.Tensor), optional
+        Prompts and labels to use (as :func:`balanced_prompts` returns).
+
+    Returns
+    -------
+    PromptAccuracy
+        Accuracy overall and per digit, with the generations.
+    """
     from .training import predict_logits
 
     prompts_, labels = prompts or balanced_prompts(n_per_class, seed=seed)
@@ -558,7 +1055,41 @@ def prompt_accuracy(model: TextToImage, judge: nn.Module, n_per_class: int = 20,
 
 @dataclass
 class DiffusionTrainingReport:
-    """Report of ``workbench diffusion train``."""
+    """Report of ``workbench diffusion train``.
+
+    Parameters
+    ----------
+    data : str
+        Training data.
+    image_size : int
+        Image side.
+    parameters : dict
+        Parameter counts of the UNet and text encoder.
+    steps : int
+        Training steps.
+    train_seconds : float
+        Training time.
+    final_loss : float
+        Final smoothed loss.
+    clean_prompt_accuracy : float
+        :func:`prompt_accuracy` of the model, in [0, 1].
+    per_class_accuracy : list of float
+        The same per digit.
+    judge_test_accuracy : float
+        The judge's own test accuracy.
+    sample_images : torch.Tensor
+        Two generations per digit.
+    sample_prompts : list of str
+        Their prompts.
+    sample_predictions : list of int
+        The judge's predictions.
+    loss_curve : list of float
+        The smoothed loss (at most ~300 points).
+
+    Returns
+    -------
+    A DiffusionTrainingReport (a dataclass) holding these fields; ``report_sections()`` renders it.
+    """
 
     data: str
     image_size: int
@@ -606,6 +1137,24 @@ class DiffusionTrainingReport:
 
 def training_report(trained: TrainedTextToImage, judge, n_per_class: int = 20, seed: int = 0
                     ) -> DiffusionTrainingReport:
+    """The report of a training run: clean-prompt accuracy per the judge, samples and the loss curve.
+
+    Parameters
+    ----------
+    trained : TrainedTextToImage
+        The trained model.
+    judge : LoadedModel
+        The judge (:func:`judge_classifier`).
+    n_per_class : int, default 20
+        Prompts per digit.
+    seed : int, default 0
+        Seed of prompts and sampling.
+
+    Returns
+    -------
+    DiffusionTrainingReport
+        The figures of the run.
+    """
     acc = prompt_accuracy(trained.model, judge.model, n_per_class, seed=seed)
     pick = torch.cat([torch.nonzero(acc.labels == c)[:2, 0] for c in range(10)])
     curve = trained.fit.smoothed()

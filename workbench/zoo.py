@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import require
+from .errors import BadInput, require
 
 
 class SmallCNN(nn.Module):
@@ -240,7 +240,8 @@ def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dic
     Raises
     ------
     BadInput
-        If an option is unknown or not an integer ≥ 1, or the network would be over a limit.
+        If an option is unknown or not an integer ≥ 1, or the network would be over a limit or cannot
+        be built at all (sizes beyond what a tensor can describe).
 
     Examples
     --------
@@ -266,7 +267,10 @@ def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dic
     limits.check("classes", num_classes, f"model {arch!r}: the number of classes")
     if all(isinstance(params[k].default, int) and v <= params[k].default for k, v in kwargs.items()):
         return  # no larger than the zoo's defaults, which are small whatever the number of classes
-    with torch.device("meta"):
-        shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    try:
+        with torch.device("meta"):
+            shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can describe
+        raise BadInput(f"model {arch!r} with {kwargs} cannot be built: {str(exc).splitlines()[0]}") from None
     limits.check("model_parameters", sum(p.numel() for p in shell.parameters()),
                  f"model {arch!r} with {kwargs or 'default options'} would have a parameter count that")

@@ -38,6 +38,7 @@ from torch import nn
 
 from ..adapter import ModelAdapter, Normalize, Resize, as_model, model_device
 from ..errors import BadInput, require
+from ..layers import layer_root
 from ..models import BasicBlock, SmallCNN, SmallResNet
 from ..training import FitHistory, fit, resolve_device
 from .results import ABSTAIN, CertificationResult
@@ -128,9 +129,9 @@ def check_batch_independent(model: nn.Module) -> None:
 
     Parameters
     ----------
-    model : nn.Module
+    model : nn.Module or ModelAdapter
         The model, in the mode it will be bounded in (BatchNorms in training mode are allowed: they are
-        bounded with the clean batch's statistics).
+        bounded with the clean batch's statistics); layers are named as in the user's own model.
 
     Returns
     -------
@@ -149,7 +150,8 @@ def check_batch_independent(model: nn.Module) -> None:
     ...
     workbench.errors.BadInput: interval bounds cannot certify layer '0': a BatchNorm2d without running statistics (track_running_stats=False) normalises each input with its batch's statistics, so its output depends on the other inputs
     """
-    for name, mod in model.named_modules():
+    root = layer_root(model)  # the user's own layer names, not the adapter's
+    for name, mod in (root if root is not None else model).named_modules():
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and mod.running_mean is None:
             raise BadInput(f"interval bounds cannot certify layer {name!r}: a {type(mod).__name__} without running "
                            "statistics (track_running_stats=False) normalises each input with its batch's "

@@ -37,7 +37,74 @@ GALLERY = 24
 
 @dataclass
 class LabelAudit:
-    """Everything the audit found. Arrays are indexed like the dataset."""
+    """Everything the label audit found. Arrays are indexed like the dataset.
+
+    Made by :func:`audit_labels`; ``flagged_rows()``, ``review_template()`` (a CSV for reviewers)
+    and ``report_sections()`` (for :func:`workbench.report.write_report`) present it.
+
+    Parameters
+    ----------
+    dataset : str
+        Name of the audited data.
+    class_names : list of str
+        K class names.
+    n : int
+        N, the number of examples.
+    labels : numpy.ndarray
+        Given labels, shape ``(N,)``.
+    pred_probs : numpy.ndarray
+        Out-of-sample probabilities, shape ``(N, K)``.
+    pred_probs_method : str
+        How they were made (see :class:`~workbench.labels.pred_probs.OutOfSample`).
+    folds : int
+        Cross-validation folds (0 when the probabilities were given).
+    out_of_sample_accuracy : float
+        Argmax accuracy against the given labels, in [0, 1].
+    filter_by, rank_by : str
+        The cleanlab filter and label quality score used.
+    flagged : numpy.ndarray
+        Indices of flagged examples, most likely errors first.
+    suggested : numpy.ndarray
+        Argmax of ``pred_probs``, shape ``(N,)``.
+    scores : numpy.ndarray
+        Label quality score, shape ``(N,)``, lower = more likely mislabelled.
+    ranked : numpy.ndarray
+        All N indices, ascending score.
+    num_flagged : int
+        ``len(flagged)``.
+    estimated_errors : int
+        Estimated number of label errors.
+    estimate_method : str
+        How ``estimated_errors`` was computed.
+    estimated_error_rate : float
+        ``estimated_errors / N``.
+    flagged_vs_estimate : str
+        Why the flagged count differs from the estimate, in words.
+    health_score : float
+        cleanlab's overall label health (trace of the joint), in [0, 1].
+    per_class, overlapping : list of dict
+        Per-class health and the most overlapping class pairs.
+    confident_joint : numpy.ndarray
+        K×K calibrated confident joint.
+    joint : numpy.ndarray
+        K×K estimate of P(given=i, true=j).
+    noise_matrix : numpy.ndarray
+        K×K estimate of P(given=i | true=j).
+    embedding : EmbeddingIssues, optional
+        Outliers and near-duplicates, when asked for.
+    seconds_pred_probs, seconds_cleanlab, seconds_total : float, default 0.0
+        Time taken by each stage.
+    fold_accuracies : list of float, default []
+        Held-out accuracy of each fold.
+    pred_probs_detail : str, default ""
+        How the probabilities were made, in words.
+    batched : bool, default False
+        True when the label check ran batched over (memory-mapped) arrays.
+
+    Returns
+    -------
+    A LabelAudit (a dataclass) holding these fields.
+    """
 
     dataset: str
     class_names: list[str]
@@ -214,6 +281,63 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
     memory-mapped (:mod:`workbench.labels.batched`); it supports ``filter_by``
     ``low_self_confidence`` (then its default) and ``low_normalized_margin``. ``n_jobs`` goes to
     cleanlab (use 1 inside Streamlit).
+
+    Parameters
+    ----------
+    data : ImageDataset or array-like or str or pathlib.Path
+        The dataset, or the labels alone (shape ``(N,)``, integers in ``0..K-1``, or a ``.npy`` path).
+    pred_probs : array-like or OutOfSample or str or pathlib.Path, optional
+        Out-of-sample probabilities, shape ``(N, K)``; required for bare labels.
+    class_names : sequence of str, optional
+        K class names of bare labels (must match a dataset's own).
+    model : str or callable or nn.Module, default "cnn"
+        Zoo name or factory (``kfold``), or a trained module (``embeddings``).
+    method : {"kfold", "embeddings"}, default "kfold"
+        How to make the probabilities when none are given.
+    folds : int, default DEFAULT_FOLDS
+        Cross-validation folds.
+    epochs : int, optional
+        Epochs per model (``kfold``; default by data size).
+    seeds : int, default DEFAULT_SEEDS
+        Models per fold (``kfold``).
+    tta : bool, default DEFAULT_TTA
+        Test-time shifted views (``kfold``).
+    calibrate : bool, default DEFAULT_CALIBRATE
+        Cross-fitted temperature scaling (``kfold``).
+    filter_by : str, optional
+        One of :data:`~workbench.labels.issues.FILTER_BY` (default ``prune_by_noise_rate``, or
+        ``low_self_confidence`` when batched).
+    rank_by : str, default "self_confidence"
+        One of :data:`~workbench.labels.issues.RANK_BY`.
+    embeddings : bool or numpy.ndarray or nn.Module, default False
+        Outlier and near-duplicate detection: ``True``, N×D features, or a module to embed with.
+    embedding_layer : str, optional
+        Layer to embed with (default: the penultimate one).
+    n_jobs : int, optional
+        Processes cleanlab may use.
+    batched : bool, optional
+        Force the batched label check on or off (default: when N·K > ``BATCHED_ABOVE``).
+    batch_size : int, default BATCH_SIZE
+        Rows per batch of the batched check.
+    seed : int, default 0
+        Seed of folds, models and noise-free choices.
+    device : str or torch.device, optional, default "cpu"
+        Where models run.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    LabelAudit
+        The flagged examples, every example's score and suggested label, the noise estimates and
+        the per-class tables.
+
+    Raises
+    ------
+    BadInput
+        On an unknown ``method``, ``filter_by`` or ``rank_by``, bare labels without ``pred_probs``,
+        mismatched class names or shapes, a single class, or options the chosen path cannot honour
+        (e.g. embeddings with the batched check).
     """
     t_start = time.perf_counter()
     ds = data if isinstance(data, ImageDataset) else None
@@ -332,6 +456,25 @@ def _probabilities(ds: ImageDataset | None, labels: np.ndarray, names: list[str]
 
 @dataclass
 class DetectionScore:
+    """How well an audit's flags find known label errors.
+
+    Parameters
+    ----------
+    precision : float
+        Share of flagged examples whose label is wrong, in [0, 1].
+    recall : float
+        Share of wrong labels that are flagged, in [0, 1].
+    auroc : float
+        AUROC of (1 − label quality score) for "label was flipped" (NaN when all or no labels are wrong).
+    num_flagged : int
+        Number of flagged examples.
+    num_errors : int
+        Number of wrong labels.
+
+    Returns
+    -------
+    A DetectionScore (a dataclass) holding these fields.
+    """
     precision: float
     recall: float
     auroc: float  # of (1 − label quality score) for "label was flipped"
@@ -340,7 +483,25 @@ class DetectionScore:
 
 
 def detection_score(audit: LabelAudit, true_labels: Any) -> DetectionScore:
-    """Precision and recall of the flagged set, and the score's AUROC, against known true labels."""
+    """Precision and recall of the flagged set, and the score's AUROC, against known true labels.
+
+    Parameters
+    ----------
+    audit : LabelAudit
+        An audit of labels with injected noise.
+    true_labels : array-like
+        The clean labels, shape ``(N,)``.
+
+    Returns
+    -------
+    DetectionScore
+        Precision, recall, AUROC and counts.
+
+    Raises
+    ------
+    BadInput
+        When ``true_labels`` are invalid or not N long.
+    """
     from sklearn.metrics import roc_auc_score
 
     truth = validate_labels(true_labels, len(audit.class_names))

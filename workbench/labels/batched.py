@@ -42,8 +42,29 @@ BATCHED_FILTERS = ("low_self_confidence", "low_normalized_margin")
 
 
 def open_npy(path: str | Path, what: str) -> np.ndarray:
-    """A ``.npy`` memory-mapped read-only (never unpickled); an ``.npz`` is read whole (zip members
-    cannot be mapped)."""
+    """Open a user's array file without unpickling it.
+
+    A ``.npy`` memory-mapped read-only (never unpickled); an ``.npz`` is read whole (zip members
+    cannot be mapped).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A ``.npy`` file, or an ``.npz`` holding an array named ``what``.
+    what : str
+        The array's name (``"labels"`` or ``"pred_probs"``), for the ``.npz`` member and messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array (a read-only ``numpy.memmap`` for a ``.npy``).
+
+    Raises
+    ------
+    BadInput
+        When the file is missing, unreadable as an array (or would need unpickling), or an
+        ``.npz`` lacks ``what``.
+    """
     path = Path(path)
     require(path.is_file(), f"{what} file not found: {path}")
     try:
@@ -59,15 +80,64 @@ def open_npy(path: str | Path, what: str) -> np.ndarray:
 
 
 def open_pred_probs(path: str | Path) -> np.ndarray:
+    """Open a ``pred_probs`` file memory-mapped (:func:`open_npy` with ``what="pred_probs"``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A ``.npy`` of shape ``(N, K)``, or an ``.npz`` with a ``pred_probs`` array.
+
+    Returns
+    -------
+    numpy.ndarray
+        The (memory-mapped) probabilities, not yet validated.
+
+    Raises
+    ------
+    BadInput
+        As :func:`open_npy`.
+    """
     return open_npy(path, "pred_probs")
 
 
 def open_labels(path: str | Path) -> np.ndarray:
+    """Open a ``labels`` file memory-mapped (:func:`open_npy` with ``what="labels"``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        A ``.npy`` of shape ``(N,)``, or an ``.npz`` with a ``labels`` array.
+
+    Returns
+    -------
+    numpy.ndarray
+        The (memory-mapped) labels, not yet validated.
+
+    Raises
+    ------
+    BadInput
+        As :func:`open_npy`.
+    """
     return open_npy(path, "labels")
 
 
 @dataclass
 class BatchedCheck:
+    """The batched label check's result.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        The validated labels, shape ``(N,)``, int64.
+    accuracy : float
+        Accuracy of the argmax of the probabilities against the given labels, in [0, 1].
+    assessment : Assessment
+        The findings, as :func:`workbench.labels.issues.assess` returns them.
+
+    Returns
+    -------
+    A BatchedCheck (a dataclass) holding these fields.
+    """
     labels: np.ndarray  # N int64, validated
     accuracy: float  # argmax vs given labels
     assessment: Assessment
@@ -80,7 +150,30 @@ def _batches(n: int, batch_size: int):
 
 def validate_batched(labels: Any, pred_probs: Any, num_classes: int, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Check memory-mapped (or any array-like) labels and probabilities batch by batch; return the
-    labels as an in-memory int64 vector (8 bytes a row)."""
+    labels as an in-memory int64 vector (8 bytes a row).
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels, shape ``(N,)``, integers in ``0..K-1`` (e.g. from :func:`open_labels`).
+    pred_probs : array-like
+        Probabilities, shape ``(N, K)``, floats, rows summing to 1 (e.g. from :func:`open_pred_probs`).
+    num_classes : int
+        K.
+    batch_size : int, default BATCH_SIZE
+        Rows read at a time.
+
+    Returns
+    -------
+    numpy.ndarray
+        The labels, shape ``(N,)``, int64.
+
+    Raises
+    ------
+    BadInput
+        On mismatched shapes, wrong dtypes, labels out of range, NaN, infinite or negative
+        probabilities, rows not summing to 1, a bad ``batch_size``, or a single class.
+    """
     require(hasattr(pred_probs, "shape") and len(pred_probs.shape) == 2,
             f"pred_probs must be a 2-D array N×K, got shape {getattr(pred_probs, 'shape', None)}")
     require(hasattr(labels, "shape") and len(labels.shape) == 1,
@@ -114,8 +207,38 @@ def validate_batched(labels: Any, pred_probs: Any, num_classes: int, batch_size:
 def assess_batched(labels: Any, pred_probs: Any, *, filter_by: str = "low_self_confidence",
                    rank_by: str = "self_confidence", class_names: Sequence[str] | None = None,
                    batch_size: int = BATCH_SIZE, n_jobs: int | None = 1) -> BatchedCheck:
-    """Confident learning over arrays read in batches (see the module docstring); the same
-    :class:`~workbench.labels.issues.Assessment` as the in-memory :func:`~workbench.labels.issues.assess`."""
+    """Confident learning over arrays read in batches.
+
+    See the module docstring; the same :class:`~workbench.labels.issues.Assessment` as the
+    in-memory :func:`~workbench.labels.issues.assess`.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels, shape ``(N,)``, integers in ``0..K-1``.
+    pred_probs : array-like
+        Out-of-sample probabilities, shape ``(N, K)``.
+    filter_by : {"low_self_confidence", "low_normalized_margin"}, default "low_self_confidence"
+        The filter cleanlab's batched path applies.
+    rank_by : str, default "self_confidence"
+        One of :data:`~workbench.labels.issues.RANK_BY`.
+    class_names : sequence of str, optional
+        K class names (default ``"0"``, ``"1"``, …).
+    batch_size : int, default BATCH_SIZE
+        Rows read at a time; memory is bounded by it and the O(N) result vectors.
+    n_jobs : int, default 1
+        Processes cleanlab may use.
+
+    Returns
+    -------
+    BatchedCheck
+        The validated labels, the argmax accuracy and the assessment.
+
+    Raises
+    ------
+    BadInput
+        On an unsupported ``filter_by`` or ``rank_by``, or invalid arrays (:func:`validate_batched`).
+    """
     from cleanlab.count import compute_confident_joint
     from cleanlab.experimental.label_issues_batched import find_label_issues_batched
 

@@ -28,8 +28,29 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
-    """The ``T`` minimising the mean NLL of ``labels`` under ``softmax(log_probs / T)`` (bounded search
-    in log T with ``scipy.optimize.minimize_scalar``)."""
+    """Fit the temperature of temperature scaling by maximum likelihood.
+
+    The ``T`` minimising the mean NLL of ``labels`` under ``softmax(log_probs / T)`` (bounded search
+    in log T with ``scipy.optimize.minimize_scalar``; Guo et al., "On Calibration of Modern Neural
+    Networks", ICML 2017).
+
+    Parameters
+    ----------
+    log_probs : numpy.ndarray
+        Log-probabilities (or logits), shape ``(N, K)``.
+    labels : numpy.ndarray
+        Labels, shape ``(N,)``, integers in ``0..K-1``.
+
+    Returns
+    -------
+    float
+        The temperature ``T`` in ``[exp(-LOG_T_BOUND), exp(LOG_T_BOUND)]`` (T > 1 softens, T < 1 sharpens).
+
+    Raises
+    ------
+    BadInput
+        When the shapes are not N×K and N, or N is 0.
+    """
     from scipy.optimize import minimize_scalar
 
     lp = np.asarray(log_probs, dtype=np.float64)
@@ -46,15 +67,52 @@ def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def apply_temperature(log_probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log_probs / T)`` as float64 probabilities."""
+    """Temperature-scale log-probabilities.
+
+    ``softmax(log_probs / T)`` as float64 probabilities.
+
+    Parameters
+    ----------
+    log_probs : numpy.ndarray
+        Log-probabilities (or logits), shape ``(N, K)``.
+    temperature : float
+        ``T`` > 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities, shape ``(N, K)``, float64, rows summing to 1.
+
+    Examples
+    --------
+    >>> apply_temperature(np.log([[0.2, 0.8]]), 1.0).round(6)
+    array([[0.2, 0.8]])
+    >>> apply_temperature(np.log([[0.2, 0.8]]), 1e9).round(6)
+    array([[0.5, 0.5]])
+    """
     return np.exp(_log_softmax(np.asarray(log_probs, dtype=np.float64) / temperature))
 
 
 def cross_fit_temperature(probs: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, list[float]]:
-    """Temperature-scale one held-out fold's probabilities, each half with the other half's ``T``.
+    """Temperature-scale one held-out fold, each half with the other half's ``T``.
 
     Returns the scaled probabilities and the two temperatures. Folds of fewer than 4 examples are
     returned unchanged (no temperature can be fitted out of sample).
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        The fold's probabilities, shape ``(N, K)``.
+    labels : numpy.ndarray
+        The fold's labels, shape ``(N,)``, integers in ``0..K-1``.
+    seed : int, default 0
+        Seed of the random split into halves.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, list of float)
+        The scaled probabilities, shape ``(N, K)``, and the temperatures fitted on the two halves
+        (an empty list when the fold is too small).
     """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels)

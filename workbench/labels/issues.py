@@ -20,7 +20,27 @@ RANK_BY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy"
 
 
 def label_quality_scores(labels: np.ndarray, pred_probs: np.ndarray, method: str = "self_confidence") -> np.ndarray:
-    """cleanlab's ``get_label_quality_scores`` (lower = more likely mislabelled)."""
+    """Score every label's quality with cleanlab's ``get_label_quality_scores`` (lower = more likely mislabelled).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Validated labels, shape ``(N,)``, int64 in ``0..K-1``.
+    pred_probs : numpy.ndarray
+        Out-of-sample predicted probabilities, shape ``(N, K)``, rows summing to 1.
+    method : str, default "self_confidence"
+        One of :data:`RANK_BY`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Scores, shape ``(N,)``, in [0, 1].
+
+    Raises
+    ------
+    BadInput
+        On an unknown ``method``.
+    """
     from cleanlab.rank import get_label_quality_scores
 
     require(method in RANK_BY, f"unknown rank_by {method!r}; choose one of {', '.join(RANK_BY)}")
@@ -39,6 +59,18 @@ def paper_num_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> int:
     off-diagonal *examples* of ``C`` whose argmax differs from the given label (without rescaling
     to N), and ``"off_diagonal_calibrated"`` rescales each row of ``C`` to its given-label count
     before normalising (N·(1 − trace Q)).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Validated labels, shape ``(N,)``, int64 in ``0..K-1``.
+    pred_probs : numpy.ndarray
+        Out-of-sample predicted probabilities, shape ``(N, K)``, rows summing to 1.
+
+    Returns
+    -------
+    int
+        The estimated number of label errors, in ``0..N``.
     """
     from cleanlab.count import compute_confident_joint
 
@@ -48,12 +80,26 @@ def paper_num_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> int:
 
 
 def paper_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
-    """PLE's candidate set (Sec. 3, step 1): n = :func:`paper_num_label_issues`, then the n examples
+    """PLE's candidate set: the lowest-margin examples, as many as the CL paper's error count.
+
+    PLE's candidate set (Sec. 3, step 1): n = :func:`paper_num_label_issues`, then the n examples
     with the lowest margin ``p_given − max_{k≠given} p_k``, most likely errors first.
 
     cleanlab's normalized margin ``(margin + 1) / 2`` is an increasing map of PLE's margin, so the
     order is the same. cleanlab 2.9's ``low_normalized_margin`` takes the same ranking but cuts it at
     ``num_label_issues(estimation_method="off_diagonal")``, a different (usually smaller) count.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Validated labels, shape ``(N,)``, int64 in ``0..K-1``.
+    pred_probs : numpy.ndarray
+        Out-of-sample predicted probabilities, shape ``(N, K)``, rows summing to 1.
+
+    Returns
+    -------
+    numpy.ndarray
+        Indices of the candidates, shape ``(n,)``, int, most likely errors first.
     """
     from cleanlab.rank import get_normalized_margin_for_each_label
 
@@ -64,7 +110,31 @@ def paper_label_issues(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray
 
 def find_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str = "prune_by_noise_rate",
                 n_jobs: int | None = None, confident_joint: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask of flagged examples: ``cleanlab.filter.find_label_issues(filter_by=...)``, or PLE's."""
+    """Boolean mask of flagged examples: ``cleanlab.filter.find_label_issues(filter_by=...)``, or PLE's.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Validated labels, shape ``(N,)``, int64 in ``0..K-1``.
+    pred_probs : numpy.ndarray
+        Out-of-sample predicted probabilities, shape ``(N, K)``, rows summing to 1.
+    filter_by : str, default "prune_by_noise_rate"
+        One of :data:`FILTER_BY`; ``"paper"`` flags :func:`paper_label_issues`.
+    n_jobs : int, optional
+        Processes cleanlab may use (``None``: its default; 1 inside Streamlit).
+    confident_joint : numpy.ndarray, optional
+        A precomputed K×K confident joint, reused by the ``prune_by_*`` and ``both`` filters.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(N,)``, bool: True where flagged.
+
+    Raises
+    ------
+    BadInput
+        On an unknown ``filter_by``.
+    """
     from cleanlab.filter import find_label_issues
 
     require(filter_by in FILTER_BY, f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")
@@ -81,7 +151,45 @@ def find_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str = 
 # ---------------------------------------------------------------- the dataset-level assessment
 @dataclass
 class Assessment:
-    """Confident learning on one set of labels and out-of-sample probabilities (arrays indexed like them)."""
+    """Confident learning on one set of labels and out-of-sample probabilities (arrays indexed like them).
+
+    Parameters
+    ----------
+    flagged : numpy.ndarray
+        Indices of flagged examples, most likely errors first.
+    scores : numpy.ndarray
+        Label quality score of every example, shape ``(N,)`` (lower = more likely mislabelled).
+    ranked : numpy.ndarray
+        Every index, shape ``(N,)``, ascending score.
+    suggested : numpy.ndarray
+        Argmax of the probabilities, shape ``(N,)``.
+    confident_joint : numpy.ndarray
+        K×K, calibrated (rows sum to the given-label counts).
+    joint : numpy.ndarray
+        K×K estimate of P(given = i, true = j), summing to 1.
+    noise_matrix : numpy.ndarray
+        K×K estimate of P(given = i | true = j).
+    estimated_errors : int
+        N·(1 − trace joint), cleanlab's ``"off_diagonal_calibrated"``.
+    health_score : float
+        Trace of the joint, in [0, 1].
+    per_class : list of dict
+        Per-class health rows (see :func:`dataset_tables`).
+    overlapping : list of dict
+        Most overlapping class pairs.
+    filter_by : str
+        The filter that made ``flagged``.
+    rank_by : str
+        The score that made ``scores``.
+    seconds : float, default 0.0
+        Time taken.
+    batched : bool, default False
+        True when made by the batched path (:mod:`workbench.labels.batched`).
+
+    Returns
+    -------
+    An Assessment (a dataclass) holding these fields.
+    """
 
     flagged: np.ndarray  # indices of flagged examples, most likely errors first
     scores: np.ndarray  # label quality score of every example (lower = more likely mislabelled)
@@ -110,8 +218,30 @@ class Assessment:
 
 def dataset_tables(labels: np.ndarray, flagged: np.ndarray, joint: np.ndarray,
                    class_names: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """Per-class health (``cleanlab.dataset.rank_classes_by_label_quality``) with the flagged counts, and
-    the most overlapping class pairs (``find_overlapping_classes``), from the estimated joint."""
+    """Per-class health and the most overlapping class pairs.
+
+    Per-class health (``cleanlab.dataset.rank_classes_by_label_quality``) with the flagged counts, and
+    the most overlapping class pairs (``find_overlapping_classes``), from the estimated joint.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Labels, shape ``(N,)``, int64 in ``0..K-1``.
+    flagged : numpy.ndarray
+        Indices of the flagged examples.
+    joint : numpy.ndarray
+        Estimated joint P(given, true), shape ``(K, K)``.
+    class_names : sequence of str
+        K class names.
+
+    Returns
+    -------
+    tuple of (list of dict, list of dict)
+        One row per class, worst label quality first (``class``, ``index``, ``examples``,
+        ``flagged``, ``% flagged``, cleanlab's label issue and noise columns, ``label quality``),
+        and up to 10 overlapping pairs of classes (``class_a``, ``class_b``, ``num_overlapping``,
+        ``joint_probability``, …), most overlapping first.
+    """
     from cleanlab.dataset import find_overlapping_classes, rank_classes_by_label_quality
 
     k = len(class_names)
@@ -142,9 +272,25 @@ def dataset_tables(labels: np.ndarray, flagged: np.ndarray, joint: np.ndarray,
 
 def joint_statistics(confident_joint: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                                int, float]:
-    """From an *uncalibrated* confident joint: the calibrated one, the estimated joint, the noise matrix,
+    """Calibrate a confident joint and derive the noise estimates from it.
+
+    From an *uncalibrated* confident joint: the calibrated one, the estimated joint, the noise matrix,
     cleanlab's calibrated error count N·(1 − trace Q) (``num_label_issues("off_diagonal_calibrated")``) and
-    the health score trace Q (``overall_label_health_score``)."""
+    the health score trace Q (``overall_label_health_score``).
+
+    Parameters
+    ----------
+    confident_joint : numpy.ndarray
+        Uncalibrated confident joint C, shape ``(K, K)`` (CL Eq. 1).
+    labels : numpy.ndarray
+        Labels, shape ``(N,)``, int64 in ``0..K-1``.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, numpy.ndarray, numpy.ndarray, int, float)
+        The calibrated joint (K×K), the estimated joint Q (K×K, summing to 1), the noise matrix
+        (K×K), the estimated number of errors and the health score in [0, 1].
+    """
     from cleanlab.count import calibrate_confident_joint, estimate_joint, estimate_latent
 
     with cleanlab_quiet():
@@ -159,9 +305,38 @@ def joint_statistics(confident_joint: np.ndarray, labels: np.ndarray) -> tuple[n
 def assess(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str = "prune_by_noise_rate",
            rank_by: str = "self_confidence", class_names: Sequence[str] | None = None,
            n_jobs: int | None = None) -> Assessment:
-    """Confident learning over validated in-memory arrays: the flagged set, every example's score and
+    """Run confident learning on one set of labels and out-of-sample probabilities.
+
+    Confident learning over validated in-memory arrays: the flagged set, every example's score and
     rank, the confident and estimated joints, the noise matrix, the estimated number of errors and
-    the per-class tables. ``labels`` int64 in 0..K-1, ``pred_probs`` N×K rows summing to 1."""
+    the per-class tables. ``labels`` int64 in 0..K-1, ``pred_probs`` N×K rows summing to 1
+    (Northcutt, Jiang, Chuang, "Confident Learning", JAIR 2021).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Validated labels, shape ``(N,)``, int64 in ``0..K-1``.
+    pred_probs : numpy.ndarray
+        Out-of-sample predicted probabilities, shape ``(N, K)``, rows summing to 1.
+    filter_by : str, default "prune_by_noise_rate"
+        One of :data:`FILTER_BY`.
+    rank_by : str, default "self_confidence"
+        One of :data:`RANK_BY`.
+    class_names : sequence of str, optional
+        K class names (default ``"0"``, ``"1"``, …).
+    n_jobs : int, optional
+        Processes cleanlab may use.
+
+    Returns
+    -------
+    Assessment
+        The findings, arrays indexed like ``labels``.
+
+    Raises
+    ------
+    BadInput
+        On an unknown ``filter_by`` or ``rank_by``.
+    """
     from cleanlab.count import compute_confident_joint
 
     require(filter_by in FILTER_BY, f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")

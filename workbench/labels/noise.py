@@ -17,6 +17,31 @@ def noise_matrix(num_classes: int, *, kind: str = "asymmetric", rate: float = 0.
     ``asymmetric``: ``cleanlab.benchmarking.noise_generation.generate_noise_matrix_from_trace`` with
     trace K·(1 − rate) (trace 9 over 10 classes for 10%), a valid matrix for the prior ``py``.
     ``symmetric``: 1 − rate on the diagonal, rate/(K − 1) elsewhere.
+
+    Parameters
+    ----------
+    num_classes : int
+        K, at least 2.
+    kind : {"asymmetric", "symmetric"}, default "asymmetric"
+        The noise structure.
+    rate : float, default 0.1
+        Overall flip rate in [0, 1).
+    frac_zero_noise_rates : float, default 0.6
+        For ``asymmetric``: the fraction of off-diagonal cells forced to 0.
+    py : numpy.ndarray, optional
+        For ``asymmetric``: the class prior, shape ``(K,)`` (default uniform).
+    seed : int, default 0
+        Seed of cleanlab's generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        The noise matrix, shape ``(K, K)``, columns summing to 1.
+
+    Raises
+    ------
+    BadInput
+        On an unknown ``kind``, a rate out of range, or when cleanlab finds no valid matrix.
     """
     from cleanlab.benchmarking.noise_generation import generate_noise_matrix_from_trace
 
@@ -39,6 +64,27 @@ def inject_noise(labels: Any, num_classes: int, *, kind: str = "asymmetric", rat
     """Flip labels by a noise matrix (``generate_noisy_labels``: exact counts per cell); seeded.
 
     Returns ``(noisy_labels, noise_matrix)``.
+
+    Parameters
+    ----------
+    labels : array-like
+        The clean labels, shape ``(N,)``, integers in ``0..K-1``.
+    num_classes : int
+        K.
+    kind, rate, frac_zero_noise_rates :
+        As in :func:`noise_matrix` (defaults ``"asymmetric"``, 0.1, 0.6).
+    seed : int, default 0
+        Seed of the matrix and of the flips.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, numpy.ndarray)
+        The noisy labels, shape ``(N,)``, and the noise matrix used, shape ``(K, K)``.
+
+    Raises
+    ------
+    BadInput
+        On invalid labels or matrix parameters.
     """
     from cleanlab.benchmarking.noise_generation import generate_noisy_labels
 
@@ -61,6 +107,28 @@ def most_confused_partner(labels: Any, pred_probs: Any) -> np.ndarray:
     The off-diagonal argmax of row i of the confusion matrix (rows: labels, columns: argmax of
     ``pred_probs``, e.g. a model's out-of-sample predictions on clean labels); ties go to the lower
     class index, and a class never confused with another gets its nearest class by mean probability.
+
+    Parameters
+    ----------
+    labels : array-like
+        Labels, shape ``(N,)``, integers in ``0..K-1``.
+    pred_probs : array-like
+        Predicted probabilities, shape ``(N, K)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``partner``, shape ``(K,)``, int: ``partner[i] != i``.
+
+    Raises
+    ------
+    BadInput
+        When ``pred_probs`` is not N×K for the N labels.
+
+    Examples
+    --------
+    >>> most_confused_partner([0, 0, 1, 2], [[.1, .2, .7], [.9, .1, 0], [.2, .8, 0], [.1, .8, .1]])
+    array([2, 0, 1])
     """
     pp = np.asarray(pred_probs, dtype=np.float64)
     require(pp.ndim == 2, f"pred_probs must be N×K, got shape {pp.shape}")
@@ -81,6 +149,32 @@ def flip_to_partner(labels: Any, partner: Any, *, rate: float = 0.1, seed: int =
 
     With ``partner = most_confused_partner(...)`` this is structured noise where a weak model
     struggles most: every flip lands on the class the model already confuses with the true one.
+
+    Parameters
+    ----------
+    labels : array-like
+        Clean labels, shape ``(N,)``, integers in ``0..K-1``.
+    partner : array-like
+        Target class of each class, shape ``(K,)``, ``partner[i] != i``.
+    rate : float, default 0.1
+        Share of each class to flip, in [0, 1).
+    seed : int, default 0
+        Seed of which examples are flipped.
+
+    Returns
+    -------
+    numpy.ndarray
+        The noisy labels, shape ``(N,)``, int64.
+
+    Raises
+    ------
+    BadInput
+        When ``partner`` is out of range or maps a class to itself, or ``rate`` is out of [0, 1).
+
+    Examples
+    --------
+    >>> flip_to_partner([0, 0, 1, 1], [1, 0], rate=0.5).tolist().count(0)
+    2
     """
     check_in_range("rate", rate, 0.0, 1.0, high_open=True)
     part = np.asarray(partner, dtype=np.int64)

@@ -19,7 +19,31 @@ from ..errors import require
 
 @dataclass
 class EmbeddingIssues:
-    """Datalab-style outlier and near-duplicate findings on embeddings."""
+    """Datalab-style outlier and near-duplicate findings on embeddings.
+
+    Parameters
+    ----------
+    metric : str
+        Distance used for the nearest neighbours (``"cosine"`` or ``"euclidean"``).
+    k : int
+        Number of nearest neighbours of the outlier score.
+    outlier_scores : numpy.ndarray
+        Shape ``(N,)``, in (0, 1]; lower = more outlying (cleanlab's transform of mean kNN distance).
+    is_outlier : numpy.ndarray
+        Shape ``(N,)``, bool.
+    near_duplicate_sets : list of list of int
+        For each example in a near-duplicate set, its neighbours.
+    is_near_duplicate : numpy.ndarray
+        Shape ``(N,)``, bool.
+    outlier_threshold : float, default 0.0
+        The score below which an example is an outlier.
+    near_duplicate_radius : float, default 0.0
+        The distance below which two examples are near-duplicates.
+
+    Returns
+    -------
+    An EmbeddingIssues (a dataclass) holding these fields.
+    """
 
     metric: str
     k: int
@@ -41,9 +65,34 @@ class EmbeddingIssues:
 
 def embedding_issues(features: Any, *, k: int = 10, outlier_threshold: float = 0.37037,
                      near_duplicate_threshold: float = 0.13) -> EmbeddingIssues:
-    """Outliers (mean distance to the k nearest neighbours, cleanlab's score transform and Datalab's
+    """Find outliers and near-duplicates in embeddings, as cleanlab's Datalab does.
+
+    Outliers (mean distance to the k nearest neighbours, cleanlab's score transform and Datalab's
     Q3 + (1/threshold − 1)·IQR rule) and near-duplicates (nearest-neighbour distance below
-    ``near_duplicate_threshold`` × the median nearest-neighbour distance), as Datalab computes them."""
+    ``near_duplicate_threshold`` × the median nearest-neighbour distance), as Datalab computes them.
+
+    Parameters
+    ----------
+    features : array-like
+        Embeddings, shape ``(N, D)``.
+    k : int, default 10
+        Number of nearest neighbours; N must exceed k + 1.
+    outlier_threshold : float, default 0.37037
+        Datalab's outlier threshold, in (0, 1).
+    near_duplicate_threshold : float, default 0.13
+        Near-duplicate radius as a fraction of the median nearest-neighbour distance.
+
+    Returns
+    -------
+    EmbeddingIssues
+        Scores, flags and near-duplicate sets, arrays indexed like ``features``; the metric is
+        cosine for D > 3, else euclidean (Datalab's default choice).
+
+    Raises
+    ------
+    BadInput
+        When ``features`` is not N×D with N > k + 1.
+    """
     from cleanlab.outlier import transform_distances_to_scores
     from sklearn.neighbors import NearestNeighbors
 

@@ -33,8 +33,32 @@ DEFAULT_CALIBRATE = False
 
 
 def load_pred_probs(path: str | Path, n: int | None = None, num_classes: int | None = None) -> np.ndarray:
-    """Read a user's ``.npy`` (or ``.npz`` with a ``pred_probs`` array) of probabilities, never
-    unpickling; validated against ``n`` examples and ``num_classes`` when those are given."""
+    """Read a user's probabilities file without unpickling it.
+
+    Reads a ``.npy`` (or ``.npz`` with a ``pred_probs`` array) of probabilities, never unpickling;
+    validated against ``n`` examples and ``num_classes`` when those are given.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.npy`` or ``.npz`` file.
+    n : int, optional
+        Expected number of rows N.
+    num_classes : int, optional
+        Expected number of columns K.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array as stored when ``n`` or ``num_classes`` is ``None``; else validated float64
+        probabilities, shape ``(N, K)``, rows summing to 1.
+
+    Raises
+    ------
+    BadInput
+        When the file is missing or unreadable as an array, an ``.npz`` lacks ``pred_probs``, or
+        validation fails (:func:`~workbench.labels.validation.validate_pred_probs`).
+    """
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"pred_probs file not found: {path}")
@@ -61,9 +85,34 @@ def _first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 def model_features(model: nn.Module, ds: ImageDataset, layer: str | None = None, *,
                    batch_size: int = 512) -> torch.Tensor:
-    """A trained model's features of every image of ``ds`` (:func:`workbench.hooks.layer_outputs`),
-    after checking on two images that the model takes this data: a model built for other images
-    (e.g. 3 channels for 1-channel data) is a :class:`BadInput` naming the shape it expects."""
+    """A trained model's features of every image of a dataset.
+
+    The features come from :func:`workbench.hooks.layer_outputs`, after checking on two images that
+    the model takes this data: a model built for other images (e.g. 3 channels for 1-channel data) is
+    a :class:`BadInput` naming the shape it expects.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model.
+    ds : ImageDataset
+        The images, shape ``(N, C, H, W)``.
+    layer : str, optional
+        Name of the layer whose output is the feature (default: the penultimate layer, as
+        ``layer_outputs`` chooses).
+    batch_size : int, default 512
+        Images per forward pass.
+
+    Returns
+    -------
+    torch.Tensor
+        Features, shape ``(N, D)``, on the CPU.
+
+    Raises
+    ------
+    BadInput
+        When the model cannot take the dataset's images.
+    """
     from ..hooks import layer_outputs
     from ..models import model_device
 
@@ -92,7 +141,35 @@ def model_features(model: nn.Module, ds: ImageDataset, layer: str | None = None,
 
 @dataclass
 class OutOfSample:
-    """Out-of-sample predicted probabilities and how they were made."""
+    """Out-of-sample predicted probabilities and how they were made.
+
+    Parameters
+    ----------
+    pred_probs : numpy.ndarray
+        Shape ``(N, K)``, float64, rows summing to 1.
+    method : str
+        How they were made: ``"kfold:cnn"``, ``"embeddings:LogisticRegression"``, ``"file:NAME"`` or ``"given"``.
+    folds : int
+        Number of cross-validation folds (0 when not cross-validated here).
+    accuracy : float
+        Argmax vs the given labels, out of sample, in [0, 1].
+    fold_accuracies : list of float, default []
+        The accuracy on each held-out fold.
+    seconds : float, default 0.0
+        Time taken.
+    features : numpy.ndarray, optional
+        Embeddings ``(N, D)``, when the method made some.
+    seeds : int, default 1
+        Models per fold.
+    views : int, default 1
+        Test-time views averaged.
+    temperatures : list of float, default []
+        Fitted temperatures, when calibrated.
+
+    Returns
+    -------
+    An OutOfSample (a dataclass) holding these fields; ``describe()`` gives one line for reports.
+    """
 
     pred_probs: np.ndarray  # N×K
     method: str  # "kfold:cnn", "embeddings:LogisticRegression", "file:NAME", "given"
@@ -133,7 +210,27 @@ def _default_fold_epochs(arch: str, n_train: int) -> int:
 def shifted_views(images: torch.Tensor, shift: int) -> list[torch.Tensor]:
     """Test-time augmentation: the images and their copies moved ``shift`` pixels up, down, left and
     right (zero fill), the same transformation family as the training augmentation
-    (:func:`workbench.training.random_shift`)."""
+    (:func:`workbench.training.random_shift`).
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        Images, shape ``(N, C, H, W)``.
+    shift : int
+        Pixels to move; 0 or less gives the images alone.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``[images]`` when ``shift <= 0``, else the images and their four shifted copies, each of
+        shape ``(N, C, H, W)``.
+
+    Examples
+    --------
+    >>> views = shifted_views(torch.arange(9.).reshape(1, 1, 3, 3), 1)
+    >>> len(views), views[1][0, 0].tolist()
+    (5, [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0], [0.0, 0.0, 0.0]])
+    """
     if shift <= 0:
         return [images]
     s = shift
@@ -144,7 +241,27 @@ def shifted_views(images: torch.Tensor, shift: int) -> list[torch.Tensor]:
 
 
 def member_seed(seed: int, fold: int, member: int) -> int:
-    """Seed of the ``member``-th model of fold ``fold`` (member 0 keeps the single-model seeds)."""
+    """Seed of the ``member``-th model of fold ``fold`` (member 0 keeps the single-model seeds).
+
+    Parameters
+    ----------
+    seed : int
+        The audit's seed.
+    fold : int
+        Fold index, from 0.
+    member : int
+        Ensemble member index, from 0.
+
+    Returns
+    -------
+    int
+        ``seed + 1000·fold + 100003·member``.
+
+    Examples
+    --------
+    >>> member_seed(0, 2, 0), member_seed(0, 2, 1)
+    (2000, 102003)
+    """
     return seed + 1000 * fold + 100_003 * member
 
 
@@ -168,6 +285,46 @@ def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *,
       held-out fold (:func:`workbench.labels.calibration.cross_fit_temperature`).
 
     Every probability of an example comes from models that never trained on it.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The images and given labels.
+    model : str or callable, default "cnn"
+        A zoo architecture name or a factory ``f(in_channels, num_classes, image_size, seed)``.
+    folds : int, default DEFAULT_FOLDS
+        K of the stratified K-fold, at least 2; every class needs ``folds`` examples.
+    epochs : int, optional
+        Epochs per model (default: 10 under 3000 training images, else 2 for ``cnn``, 3 otherwise).
+    seeds : int, default DEFAULT_SEEDS
+        Models per fold, at least 1.
+    tta : bool, default DEFAULT_TTA
+        Average over shifted test-time views.
+    calibrate : bool, default DEFAULT_CALIBRATE
+        Cross-fitted temperature scaling per fold.
+    seed : int, default 0
+        Seed of the split, initialisations and batch orders.
+    device : str or torch.device, optional, default "cpu"
+        Where training runs.
+    augment : bool, default True
+        Random shifts during training.
+    batch_size : int, optional
+        Training batch (default ``clip(n_train // 40, 16, 128)``).
+    lr : float, default 3e-3
+        Peak learning rate.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    OutOfSample
+        The out-of-sample probabilities ``(N, K)`` with the method, accuracy per fold and timing.
+
+    Raises
+    ------
+    BadInput
+        On invalid labels, too few examples for ``folds``, ``seeds`` or ``epochs`` below 1, or a
+        factory that does not return an ``nn.Module``.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -235,6 +392,35 @@ def embedding_pred_probs(ds: ImageDataset, model: nn.Module, *, layer: str | Non
     features of a network that memorised wrong labels carry those labels, and the probabilities
     are then less out-of-sample than the K-fold path's. The default classifier is a standardised
     multinomial logistic regression.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The images and given labels.
+    model : nn.Module
+        A trained model to embed with.
+    layer : str, optional
+        Layer whose output is the embedding (default: the penultimate one).
+    folds : int, default 5
+        K of the stratified K-fold.
+    seed : int, default 0
+        Seed of the split.
+    classifier : scikit-learn estimator, optional
+        Any classifier with ``predict_proba`` (cloned before use).
+    batch_size : int, default 512
+        Images per forward pass.
+    progress : callable, optional
+        ``progress(fraction, message)`` callback.
+
+    Returns
+    -------
+    OutOfSample
+        The probabilities ``(N, K)``, with the embeddings in ``features``.
+
+    Raises
+    ------
+    BadInput
+        On invalid labels, too few examples for ``folds``, or a model that cannot take the images.
     """
     from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression

@@ -18,7 +18,33 @@ from .validation import validate_labels
 
 @dataclass
 class Reranking:
-    """PLE Sec. 5: accuracy and rank of each model on the original vs the corrected test labels."""
+    """PLE Sec. 5: accuracy and rank of each model on the original vs the corrected test labels.
+
+    Parameters
+    ----------
+    models : list of str
+        Model names.
+    accuracy_original : list of float
+        Accuracy of each model on the original test labels, in [0, 1].
+    accuracy_corrected : list of float
+        Accuracy on the corrected labels (ambiguous examples dropped).
+    accuracy_on_changed : list of float
+        Accuracy on the corrected examples only, against their corrected labels.
+    rank_original : list of int
+        Rank of each model by original accuracy (1 = best).
+    rank_corrected : list of int
+        Rank by corrected accuracy.
+    n_original : int
+        Number of original test examples.
+    n_corrected : int
+        Number of examples kept after correction.
+    n_changed : int
+        Number of labels the review changed.
+
+    Returns
+    -------
+    A Reranking (a dataclass) holding these fields.
+    """
 
     models: list[str]
     accuracy_original: list[float]
@@ -58,8 +84,34 @@ def _ranks(acc: Sequence[float]) -> list[int]:
 
 def rerank_models(models: Mapping[str, nn.Module] | Mapping[str, np.ndarray], test: ImageDataset,
                   correction: Correction, *, device: str | torch.device | None = None) -> Reranking:
-    """Accuracy of each model (a module, or its N×K probabilities / N predictions on ``test``) on the
-    original labels of ``test`` and on the corrected labels (ambiguous examples dropped)."""
+    """Rank models on the original and on the corrected test labels (Northcutt, Athalye, Mueller,
+    "Pervasive Label Errors in Test Sets Destabilize Machine Learning Benchmarks", NeurIPS 2021, Sec. 5).
+
+    Accuracy of each model (a module, or its N×K probabilities / N predictions on ``test``) on the
+    original labels of ``test`` and on the corrected labels (ambiguous examples dropped).
+
+    Parameters
+    ----------
+    models : mapping of str to nn.Module or numpy.ndarray
+        Name → a trained model, or its probabilities ``(N, K)`` or predictions ``(N,)`` on ``test``.
+    test : ImageDataset
+        The test set, with its original labels.
+    correction : Correction
+        The reviewed labels of ``test`` (:func:`~workbench.labels.review.apply_review`).
+    device : str or torch.device, optional
+        Where modules run.
+
+    Returns
+    -------
+    Reranking
+        Accuracies and ranks of every model on both label sets.
+
+    Raises
+    ------
+    BadInput
+        When no model is given, the correction does not cover ``test``, or a model's predictions
+        do not match its length.
+    """
     require(len(models) >= 1, "give at least one model to rank")
     y = validate_labels(test.labels, test.num_classes)
     require(len(correction.labels) == len(y), f"the correction covers {len(correction.labels)} examples, "

@@ -26,15 +26,51 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_cell(value: Any) -> Any:
-    """A CSV cell safe to open in a spreadsheet: text starting with ``= + - @``, a tab or a carriage
-    return is prefixed with ``'``; numbers are left as they are."""
+    """Make one value safe as a CSV cell opened in a spreadsheet (no formula injection).
+
+    Text starting with ``= + - @``, a tab or a carriage return is prefixed with ``'``; numbers are
+    left as they are.
+
+    Parameters
+    ----------
+    value : Any
+        The cell's value.
+
+    Returns
+    -------
+    Any
+        ``value`` unchanged, or the text with a leading ``'``.
+
+    Examples
+    --------
+    >>> csv_cell("=SUM(A1)"), csv_cell("cat"), csv_cell(-3)
+    ("'=SUM(A1)", 'cat', -3)
+    """
     if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
         return "'" + value
     return value
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """CSV text of ``header`` and ``rows`` with every text cell passed through :func:`csv_cell`."""
+    r"""CSV text of ``header`` and ``rows`` with every text cell passed through :func:`csv_cell`.
+
+    Parameters
+    ----------
+    header : sequence of str
+        Column names.
+    rows : iterable of sequence
+        The rows, one value per column.
+
+    Returns
+    -------
+    str
+        The CSV text (``\r\n`` line ends, as the ``csv`` module writes).
+
+    Examples
+    --------
+    >>> csv_text(["index", "verdict"], [[3, "@given"]]).splitlines()
+    ['index,verdict', "3,'@given"]
+    """
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow([csv_cell(h) for h in header])
@@ -45,7 +81,21 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 @dataclass
 class Review:
-    """Reviewer verdicts: index → verdict, with the labels the verdicts refer to (when known)."""
+    """Reviewer verdicts: index → verdict, with the labels the verdicts refer to (when known).
+
+    Parameters
+    ----------
+    verdicts : dict of int to str
+        Example index → verdict (``"given"``, ``"suggested"``, ``"both"`` or ``"neither"``).
+    given : dict of int to int, default {}
+        Example index → the given label the reviewer saw (checked against the dataset).
+    suggested : dict of int to int, default {}
+        Example index → the suggested label the reviewer saw.
+
+    Returns
+    -------
+    A Review (a dataclass) holding these fields.
+    """
 
     verdicts: dict[int, str]
     given: dict[int, int] = field(default_factory=dict)
@@ -62,7 +112,33 @@ def _parse_int(v: Any, what: str, where: str) -> int:
 
 
 def parse_review(rows: Sequence[Mapping[str, Any]], where: str = "review") -> Review:
-    """Rows with ``index`` and ``verdict`` (and optional ``given`` / ``suggested``); empty verdicts skipped."""
+    """Parse review rows into a :class:`Review`.
+
+    Rows with ``index`` and ``verdict`` (and optional ``given`` / ``suggested``); empty verdicts skipped.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        One mapping per reviewed example, e.g. CSV rows or JSON objects.
+    where : str, default "review"
+        What the rows came from, for error messages.
+
+    Returns
+    -------
+    Review
+        The verdicts and, where given, the labels they refer to.
+
+    Raises
+    ------
+    BadInput
+        On a row without ``index``, a non-integer index or label, an unknown verdict, conflicting
+        verdicts for one index, or no verdict at all.
+
+    Examples
+    --------
+    >>> parse_review([{"index": "4", "verdict": "suggested", "suggested": "7"}, {"index": 5, "verdict": ""}])
+    Review(verdicts={4: 'suggested'}, given={}, suggested={4: 7})
+    """
     rev = Review({})
     for n, row in enumerate(rows, 1):
         require(isinstance(row, Mapping), f"{where}: entry {n} is not an object with index and verdict")
@@ -84,8 +160,27 @@ def parse_review(rows: Sequence[Mapping[str, Any]], where: str = "review") -> Re
 
 
 def load_review(path: str | Path) -> Review:
-    """A CSV (header with ``index,verdict[,given,suggested]``) or JSON (``{"12": "suggested"}`` or a list
-    of ``{"index": 12, "verdict": "suggested", "suggested": 7}``) review file."""
+    """Read a review file.
+
+    A CSV (header with ``index,verdict[,given,suggested]``) or JSON (``{"12": "suggested"}`` or a list
+    of ``{"index": 12, "verdict": "suggested", "suggested": 7}``) review file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.csv`` or ``.json`` file.
+
+    Returns
+    -------
+    Review
+        The verdicts, as :func:`parse_review` makes them.
+
+    Raises
+    ------
+    BadInput
+        When the file is missing, not valid JSON, lacks the ``index`` and ``verdict`` columns, or
+        holds invalid rows.
+    """
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"review file not found: {path}")
@@ -112,7 +207,31 @@ def load_review(path: str | Path) -> Review:
 
 @dataclass
 class Correction:
-    """Labels after review: corrected where the reviewer chose ``suggested``; ``both``/``neither`` dropped."""
+    """Labels after review: corrected where the reviewer chose ``suggested``; ``both``/``neither`` dropped.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Corrected labels, shape ``(N,)`` (dropped rows keep their given label).
+    keep : numpy.ndarray
+        Shape ``(N,)``, bool: False where dropped.
+    changed : numpy.ndarray
+        Indices whose label changed.
+    dropped : numpy.ndarray
+        Indices removed (``both``/``neither`` when ``drop_ambiguous``).
+    counts : dict of str to int
+        Number of each verdict.
+    reviewed : int
+        Number of reviewed examples.
+    validated_precision : float
+        Share of reviewed flags that are label errors (verdict != given), in [0, 1].
+    correctable_precision : float
+        Share whose verdict is ``suggested``, in [0, 1].
+
+    Returns
+    -------
+    A Correction (a dataclass) holding these fields; ``report_sections()`` renders it in a report.
+    """
 
     labels: np.ndarray  # N corrected labels (dropped rows keep their given label)
     keep: np.ndarray  # N bool: False where dropped
@@ -140,6 +259,36 @@ def apply_review(labels: Any, num_classes: int, review: Review, *, suggested: An
     The suggested label comes from the review row, else from ``suggested`` (an N array, e.g. the
     audit's argmax). A review's ``given`` column must match ``labels`` (guards against reviewing
     another dataset or ordering).
+
+    Parameters
+    ----------
+    labels : array-like
+        The given labels, shape ``(N,)``, integers in ``0..K-1``.
+    num_classes : int
+        K.
+    review : Review
+        The verdicts.
+    suggested : array-like, optional
+        Suggested label of every example, shape ``(N,)``, used where a review row names none.
+    drop_ambiguous : bool, default True
+        Drop ``both``/``neither`` examples (else keep them with their given label).
+
+    Returns
+    -------
+    Correction
+        The corrected labels, the rows kept, changed and dropped, and the review's precisions.
+
+    Raises
+    ------
+    BadInput
+        When the review names unknown indices, its ``given`` labels disagree with ``labels``, a
+        ``suggested`` verdict has no suggested label, or a label is out of range.
+
+    Examples
+    --------
+    >>> c = apply_review([0, 1, 1], 2, Review({0: "suggested", 2: "neither"}), suggested=[1, 1, 0])
+    >>> c.labels.tolist(), c.keep.tolist(), c.changed.tolist()
+    ([1, 1, 1], [True, True, False], [0])
     """
     y = validate_labels(labels, num_classes)
     n = len(y)
@@ -171,7 +320,27 @@ def apply_review(labels: Any, num_classes: int, review: Review, *, suggested: An
 
 def save_corrected(ds: ImageDataset, correction: Correction, path: str | Path) -> Path:
     """Write the corrected dataset as ``.npz`` (images uint8 if exact, labels, class names, original
-    indices and labels), atomically. Readable by ``load_dataset("npz:PATH")``."""
+    indices and labels), atomically. Readable by ``load_dataset("npz:PATH")``.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The reviewed dataset.
+    correction : Correction
+        The result of :func:`apply_review` on its labels.
+    path : str or pathlib.Path
+        Output file, ending in ``.npz``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    BadInput
+        When ``path`` does not end in ``.npz``.
+    """
     path = Path(path)
     require(path.suffix == ".npz", f"output must end in .npz, got {path.name}")
     keep = np.flatnonzero(correction.keep)
@@ -191,7 +360,20 @@ def save_corrected(ds: ImageDataset, correction: Correction, path: str | Path) -
 
 
 def corrected_npz_bytes(ds: ImageDataset, correction: Correction) -> bytes:
-    """The same ``.npz`` as :func:`save_corrected`, in memory (app downloads)."""
+    """The same ``.npz`` as :func:`save_corrected`, in memory (app downloads).
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The reviewed dataset.
+    correction : Correction
+        The result of :func:`apply_review` on its labels.
+
+    Returns
+    -------
+    bytes
+        The ``.npz`` file's content.
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
