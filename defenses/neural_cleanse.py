@@ -109,7 +109,7 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, *, step
                 loss.backward()
                 opt.step()
                 hits += int((logits.argmax(1) == y).sum())
-                reg_sum += float(reg) * len(x)
+                reg_sum += float(reg.detach()) * len(x)
                 seen += len(x)
             acc, reg_avg = hits / seen, reg_sum / seen
             if acc >= success_threshold and reg_avg < best[0]:

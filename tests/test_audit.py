@@ -1,0 +1,142 @@
+"""The audit: registry validation, the backdoor scan on a backdoored vs a clean model, CLI exits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.audit import CHECKS, audit
+from workbench.errors import BadInput
+
+
+def _run(args):
+    from workbench.cli import main
+
+    return main(args)
+
+
+# ---------------------------------------------------------------- registry and bad input
+def test_registry_lists_every_check_with_needs_and_params():
+    assert {"accuracy", "labels", "poison", "backdoor", "robustness", "explanations", "data"} <= set(CHECKS)
+    for name, check in CHECKS.items():
+        assert check.name == name and check.title
+        for key, par in check.params.items():  # every default passes its own range check
+            assert par.check(name, key, par.default) == par.default
+
+
+def test_unknown_check_is_exit_2_naming_the_known_ones(tmp_path, capsys):
+    code = _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--checks", "accuracy,bogus",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown check 'bogus'" in err and "backdoor" in err and "labels" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_key_and_range_are_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[backdoor]\nthreshhold = 3\n")
+    assert _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--config", str(cfg),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'threshhold'" in err and "threshold" in err and "n_images" in err
+    cfg.write_text("[accuracy]\nwarn_below = 1.5\n")
+    assert _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--config", str(cfg),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "accuracy.warn_below must be in [0.0, 1.0], got 1.5" in capsys.readouterr().err
+    cfg.write_text("[nosuch]\nx = 1\n")
+    assert _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--config", str(cfg),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "no check 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unmet_needs_say_what_to_pass(digits):
+    from workbench.zoo import build_model
+
+    net = build_model("cnn", 1, 10, 8)  # no card: the held-out split is unknown, and no --test given
+    with pytest.raises(BadInput, match="needs a small clean set: a test set \\(--test\\)"):
+        audit(net, digits, checks=["backdoor"])
+    # unnamed checks whose needs are not met are skipped, with the reason
+    rep = audit(net, digits.sample(300), checks=None, config={"backdoor": {"steps": 1}})
+    assert "backdoor" in rep.skipped and "--test" in rep.skipped["backdoor"]
+    assert "backdoor" not in [o.check for o in rep.outcomes]
+
+
+# ---------------------------------------------------------------- Neural Cleanse on a backdoored model
+@pytest.fixture(scope="module")
+def backdoored(digits):
+    """A digits CNN with a BadNets backdoor (2×2 patch, 10% poisoned, target 0)."""
+    from attacks.backdoor import run_backdoor_attack
+
+    return run_backdoor_attack(digits, "badnets", 0.1, 0, seed=0, epochs=4, patch_size=2)
+
+
+def test_backdoor_scan_flags_the_target_class_and_its_mask_overlaps_the_patch(backdoored):
+    from defenses.neural_cleanse import neural_cleanse
+
+    assert backdoored.metrics.attack_success_rate > 0.9
+    res = neural_cleanse(backdoored.model, backdoored.test, n_images=200, steps=15, seed=0)
+    assert res.flagged and res.flagged[0] == 0
+    assert int(np.argmax(res.anomaly_index)) == 0 and res.anomaly_index[0] > 2
+    h, w = backdoored.test.image_size
+    top, left, bottom, right = backdoored.trigger.box(h, w)
+    m = res.triggers[0].mask
+    inside = float(m[top:bottom, left:right].sum())
+    assert inside / float(m.sum()) > 0.5  # most of the recovered mask lies on the true patch
+
+
+def test_backdoor_scan_passes_the_clean_model(digits_model):
+    from defenses.neural_cleanse import neural_cleanse
+
+    res = neural_cleanse(digits_model.model, digits_model.test, n_images=200, steps=15, seed=0)
+    assert res.flagged == []
+
+
+def test_anomaly_index_matches_the_reference_formula():
+    from defenses.neural_cleanse import anomaly_indices, flag_classes
+
+    norms = np.array([10.0, 11.0, 12.0, 9.0, 10.5, 2.0, 11.5, 10.0, 9.5, 30.0])
+    med = np.median(norms)
+    mad = 1.4826 * np.median(np.abs(norms - med))
+    assert np.allclose(anomaly_indices(norms), (med - norms) / mad)
+    assert flag_classes(norms) == [5]  # 30 is an outlier too, but a large trigger is not a backdoor
+
+
+# ---------------------------------------------------------------- the whole audit through the CLI
+def test_cli_audit_passes_clean_model_and_a_toml_override_fails_it(saved_digits_model, tmp_path, capsys):
+    out = tmp_path / "audit"
+    args = ["audit", "run", "--model", str(saved_digits_model), "--data", "digits",
+            "--checks", "accuracy,backdoor,data", "--out", str(out), "--json", "-q"]
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[backdoor]\nsteps = 15\nn_images = 200\n")
+    assert _run([*args, "--config", str(cfg)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [c["check"] for c in summary["checks"]] == ["accuracy", "backdoor", "data"]
+    assert {c["check"]: c["verdict"] for c in summary["checks"]}["backdoor"] == "pass"
+    report = (out / "report.html").read_text()
+    assert report.index("Verdicts") < report.index("Neural Cleanse")
+    # the same model fails once the accuracy bar is raised above what it reaches
+    cfg.write_text("[backdoor]\nsteps = 15\nn_images = 200\n[accuracy]\nfail_below = 0.999\n")
+    assert _run([*args, "--config", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert "accuracy: accuracy fail:" in err and "is below 100%" in err
+
+
+def test_audit_report_joins_poison_and_label_evidence(backdoored):
+    rep = audit(backdoored.model, backdoored.poisoned.dataset, checks=["labels", "poison"],
+                provenance=None)
+    poison = rep.outcome("poison").result
+    s = rep.suspects
+    assert s is not None and len(s.columns["verdict"]) == len(backdoored.poisoned.dataset)
+    assert set(s.columns) >= {"given", "suggested", "label_score", "poison_score", "likely_poison", "verdict"}
+    truth = torch.zeros(len(backdoored.poisoned.dataset), dtype=torch.bool)
+    truth[backdoored.poisoned.poisoned_indices] = True
+    if 0 in poison.flagged:  # the poisoned samples found form the target class's small cluster
+        hit = poison.likely_poison[truth.numpy()].mean()
+        assert hit > 0.8
+    csv = s.csv().splitlines()
+    assert csv[0].startswith("index,given") and len(csv) == len(s.order) + 1
