@@ -140,3 +140,23 @@ def test_audit_report_joins_poison_and_label_evidence(backdoored):
         assert hit > 0.8
     csv = s.csv().splitlines()
     assert csv[0].startswith("index,given") and len(csv) == len(s.order) + 1
+
+
+# ---------------------------------------------------------------- the app page
+def test_app_audit_page_shows_verdicts_first_and_the_suspects(digits_model, digits):
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.models import LoadedModel
+
+    at = AppTest.from_string("from workbench.ui import audit\naudit.render()", default_timeout=300)
+    at.session_state["dataset"] = digits.sample(400, seed=1)
+    at.session_state["model"] = LoadedModel(digits_model.model, digits_model.card, "digits-cnn")
+    at.run()
+    at.multiselect(key="audit_checks").set_value(["labels", "poison"]).run()
+    at.button(key="audit_run").click().run()
+    assert not at.exception and not at.error
+    verdicts = at.dataframe[0].value
+    assert list(verdicts["check"]) == ["labels", "poison"]
+    report = at.session_state["audit_report"]
+    assert list(verdicts["verdict"]) == [o.verdict for o in report.outcomes]
+    assert any(s.value.startswith("Suspects") for s in at.subheader) == (len(report.suspects.order) > 0)
