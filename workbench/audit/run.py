@@ -20,6 +20,7 @@ from .base import CHECKS, NEEDS, AuditContext, CheckOutcome, Condition, select_c
 # progress(check, fraction within the check, message)
 AuditProgress = Callable[[str, float, str], None]
 SUSPECT_ROWS = 50
+SALIENCY_SUSPECTS = 64  # suspects whose saliency map is computed and compared with the recovered trigger
 
 
 @dataclass
@@ -51,9 +52,35 @@ class Suspects:
         return buf.getvalue()
 
 
-def join_suspects(ds: ImageDataset, outcomes: list[CheckOutcome]) -> Suspects | None:
+def _saliency_on_trigger(model, ds: ImageDataset, outcomes: list[CheckOutcome], cols: dict) -> None:
+    """For the likely-poisoned samples of a class the backdoor scan flagged: does the Grad-CAM map
+    (default layer, explaining the given label) peak where the recovered trigger mask is on?"""
+    from ..saliency import GradCAM, upsample
+
+    back = next((o.result for o in outcomes if o.check == "backdoor"), None)
+    poison = cols.get("likely_poison")
+    if back is None or poison is None or not back.flagged:
+        return
+    labels = cols["given"]
+    peaks = np.full(len(ds), "", dtype=object)
+    for t in back.flagged:
+        idx = np.flatnonzero(poison & (labels == t))[:SALIENCY_SUSPECTS]
+        if not len(idx):
+            continue
+        mask = back.triggers[[tr.target for tr in back.triggers].index(t)].mask
+        on = mask >= 0.5 * float(mask.max())
+        maps = next(iter(GradCAM(model).attribute_layers(ds.images[idx], ds.labels[idx]).values()))
+        maps = upsample(maps.detach().cpu(), tuple(ds.image_size))[:, 0]
+        peak = maps.flatten(1).argmax(1)
+        hit = on.flatten()[peak].numpy()
+        peaks[idx] = np.where(hit, "yes", "no")
+    cols["saliency_on_trigger"] = peaks
+
+
+def join_suspects(ds: ImageDataset, outcomes: list[CheckOutcome], model=None) -> Suspects | None:
     """One table over the training data: given label, suggested label, label-issue score, poison score,
-    membership of a flagged class, and a verdict (label error / likely poison / both)."""
+    membership of a flagged class, whether a likely-poisoned sample's saliency peaks on the trigger the
+    backdoor scan recovered (with ``model``), and a verdict (label error / likely poison / both)."""
     n = len(ds)
     cols: dict[str, np.ndarray] = {"given": ds.labels.numpy().astype(int)}
     for o in outcomes:
@@ -69,6 +96,8 @@ def join_suspects(ds: ImageDataset, outcomes: list[CheckOutcome]) -> Suspects | 
     verdict[poison & ~label] = "likely poison"
     verdict[poison & label] = "both"
     cols["verdict"] = verdict
+    if model is not None:
+        _saliency_on_trigger(model, ds, outcomes, cols)
     has = np.flatnonzero(verdict != "")
     rank = {"both": 0, "likely poison": 1, "label error": 2}
     score = cols.get("poison_score", np.zeros(n))
@@ -203,7 +232,7 @@ def audit(model, data, checks: str | list[str] | None = None, config: dict | Non
         outcomes.append(CheckOutcome(n, worst(c.verdict for c in conds), check.key_figure(result), conds, result,
                                      params[n], time.perf_counter() - t))
         sub(1.0, outcomes[-1].verdict)
-    suspects = join_suspects(train, outcomes) if train is not None else None
+    suspects = join_suspects(train, outcomes, net) if train is not None else None
     name = train.name if train is not None else (test_ds.name if test_ds is not None else "no data")
     return AuditReport(worst(o.verdict for o in outcomes), outcomes, skipped, suspects, name, source,
                        time.perf_counter() - t0, _images=train.images if train is not None else None)
