@@ -6,7 +6,7 @@ Attacks in Neural Networks", IEEE S&P 2019 (reference code: github.com/bolunwang
 
 For each class t the smallest trigger (mask m ∈ [0, 1]^{H×W}, pattern p ∈ [0, 1]^{C×H×W}) that sends
 clean images to t: x' = (1 − m)·x + m·p, minimising CE(f(x'), t) + λ·|m|₁. As in the reference, m and
-p live in tanh space (m = tanh(w)/(2 − ε) + 0.5), Adam with β = (0.5, 0.9), the cost λ starts at 0,
+p live in tanh space (m = tanh(w)/(2 − ε) + 0.5), Adam with β = (0.5, 0.9), batches of 32, the cost λ starts at 0,
 is set to ``init_cost`` once the attack succeeds for ``patience`` steps, then multiplied up by
 ``cost_multiplier`` after ``patience`` successful steps and divided by ``cost_multiplier ** 1.5``
 after ``patience`` failed ones; the smallest-L1 mask among steps reaching ``success_threshold`` is
@@ -77,8 +77,8 @@ def flag_classes(l1_norms, threshold: float = 2.0) -> list[int]:
 
 
 def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, *, steps: int = 30,
-                    batch_size: int = 128, lr: float = 0.1, init_cost: float = 1e-3,
-                    success_threshold: float = 0.99, patience: int = 5, cost_multiplier: float = 2.0,
+                    batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
+                    success_threshold: float = 0.99, patience: int = 3, cost_multiplier: float = 2.0,
                     seed: int = 0) -> ReversedTrigger:
     """The smallest mask and pattern sending ``images`` (N×C×H×W in [0, 1]) to class ``target``."""
     dev = model_device(model)
@@ -143,8 +143,8 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, *, step
 
 
 def neural_cleanse(model: nn.Module, clean: ImageDataset, *, n_images: int = 300, steps: int = 30,
-                   threshold: float = 2.0, batch_size: int = 128, lr: float = 0.1, init_cost: float = 1e-3,
-                   seed: int = 0, classes: list[int] | None = None,
+                   threshold: float = 2.0, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
+                   patience: int = 3, seed: int = 0, classes: list[int] | None = None,
                    progress: Progress | None = None) -> NeuralCleanseResult:
     """Reverse-engineer a trigger for every class from ``n_images`` of ``clean`` and flag the classes
     whose trigger is anomalously small (anomaly index > ``threshold``)."""
@@ -165,7 +165,7 @@ def neural_cleanse(model: nn.Module, clean: ImageDataset, *, n_images: int = 300
     try:
         for i, t in enumerate(todo):
             triggers.append(reverse_trigger(model, images, t, steps=steps, batch_size=batch_size, lr=lr,
-                                            init_cost=init_cost, seed=seed))
+                                            init_cost=init_cost, patience=patience, seed=seed))
             if progress is not None:
                 progress((i + 1) / len(todo), f"class {clean.class_names[t]}: |m|₁ {triggers[-1].l1:.1f}")
     finally:
@@ -173,4 +173,5 @@ def neural_cleanse(model: nn.Module, clean: ImageDataset, *, n_images: int = 300
     norms = np.array([tr.l1 for tr in triggers])
     return NeuralCleanseResult(triggers, norms, anomaly_indices(norms), [todo[c] for c in flag_classes(norms, threshold)],
                                float(threshold), time.perf_counter() - t0,
-                               {"n_images": len(sub), "steps": steps, "lr": lr, "init_cost": init_cost, "seed": seed})
+                               {"n_images": len(sub), "steps": steps, "batch_size": batch_size, "lr": lr, "init_cost": init_cost,
+                                "patience": patience, "seed": seed})

@@ -21,7 +21,7 @@ class BackdoorCheck(Check):
     needs = ("model", "clean")
     params = {"threshold": Param(2.0, "anomaly index above which a class is flagged (paper: 2)", 0.5, 100.0),
               "n_images": Param(300, "clean images used for the reverse engineering", 10, 100_000, int),
-              "steps": Param(25, "optimisation passes over those images per class", 1, 10_000, int),
+              "steps": Param(30, "optimisation passes over those images per class", 1, 10_000, int),
               "lr": Param(0.1, "Adam learning rate of mask and pattern", 1e-5, 10.0)}
 
     def run(self, ctx, p, progress):

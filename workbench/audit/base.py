@@ -196,11 +196,17 @@ class AuditContext:
         return self.evaluation()[0]
 
     def out_of_sample(self):
-        """Cross-validated probabilities over the training data from one feature pass of the model
-        (:func:`workbench.labels.embedding_pred_probs`); its ``features`` are the shared feature pass."""
+        """Cross-validated probabilities over the training data (5-fold logistic regression on the
+        model's penultimate features, :func:`workbench.labels.embedding_pred_probs`)."""
         from ..labels import embedding_pred_probs
 
         return self.once("oos", lambda: embedding_pred_probs(self.train, self.model, seed=self.seed))
 
     def features(self) -> torch.Tensor:
-        return torch.as_tensor(self.out_of_sample().features)
+        """The model's penultimate features of every training image (N×D), computed once; taken from the
+        out-of-sample probabilities' pass when that ran first."""
+        from ..hooks import layer_outputs
+
+        if "oos" in self._cache and self._cache["oos"].features is not None:
+            return torch.as_tensor(self._cache["oos"].features)
+        return self.once("features", lambda: layer_outputs(self.model, self.train.images))
