@@ -151,6 +151,7 @@ def validate_config(config: dict | None, names: list[str]) -> dict[str, dict]:
             raise BadInput(f"config names no check {k!r}; known checks: {', '.join(CHECKS)}")
         if not isinstance(v, dict):
             raise BadInput(f"config for check {k!r} must be a table of parameters, got {v!r}")
+        resolve_params(k, v)  # a check that does not run this time is still checked
     return {n: resolve_params(n, config.get(n)) for n in names}
 
 
