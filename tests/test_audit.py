@@ -6,9 +6,19 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from workbench.audit import CHECKS, audit
 from workbench.errors import BadInput
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Neural Cleanse's small batches run faster on one thread than on two contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _run(args):
@@ -105,8 +115,8 @@ def test_anomaly_index_matches_the_reference_formula():
 # ---------------------------------------------------------------- the whole audit through the CLI
 def test_cli_audit_passes_clean_model_and_a_toml_override_fails_it(saved_digits_model, tmp_path, capsys):
     out = tmp_path / "audit"
-    args = ["audit", "run", "--model", str(saved_digits_model), "--data", "digits",
-            "--checks", "accuracy,backdoor,data", "--out", str(out), "--json", "-q"]
+    args = ["-q", "audit", "run", "--model", str(saved_digits_model), "--data", "digits",
+            "--checks", "accuracy,backdoor,data", "--out", str(out), "--json"]
     cfg = tmp_path / "audit.toml"
     cfg.write_text("[backdoor]\nsteps = 20\nn_images = 100\n")
     assert _run([*args, "--config", str(cfg)]) == 0
