@@ -233,13 +233,21 @@ def _features(model: nn.Module, data: ImageDataset, layer: str | None) -> torch.
     return feats.double()
 
 
+def _given_features(features, n: int) -> torch.Tensor:
+    f = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    require(f.ndim == 2 and f.shape[0] == n and f.shape[1] >= 2,
+            f"features must be N×D with N = {n} and D >= 2, got shape {tuple(f.shape)}")
+    return f.double()
+
+
 def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *, layer: str | None = None,
-                    ) -> DetectionResult:
-    """Spectral signatures (Tran et al. 2018) on ``layer``'s features (default: the penultimate layer)."""
+                    features: torch.Tensor | np.ndarray | None = None) -> DetectionResult:
+    """Spectral signatures (Tran et al. 2018) on ``layer``'s features (default: the penultimate layer);
+    ``features`` (N×D, already computed at ``layer``) skips the feature pass."""
     ratio = check_ratio(ratio)
     data = as_dataset(data)
     t0 = time.perf_counter()
-    feats = _features(model, data, layer)
+    feats = _given_features(features, len(data)) if features is not None else _features(model, data, layer)
     scores = torch.zeros(len(data), dtype=torch.float64)
     per_class = {}
     for c in range(data.num_classes):
@@ -263,7 +271,7 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
 
 def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *,
                                  layer: str | None = None, n_components: int = 10, size_threshold: float = 0.35,
-                                 seed: int = 0) -> DetectionResult:
+                                 seed: int = 0, features: torch.Tensor | np.ndarray | None = None) -> DetectionResult:
     """Activation clustering (Chen et al. 2019): per-class PCA to ``n_components`` dims, 2-means, and the
     relative-size rule: a class whose smaller cluster holds <= ``size_threshold`` of it is suspicious."""
     from sklearn.cluster import KMeans
@@ -275,7 +283,7 @@ def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: fl
     check_in_range("size_threshold", float(size_threshold), 0.0, 0.5, low_open=True)
     data = as_dataset(data)
     t0 = time.perf_counter()
-    feats = _features(model, data, layer).numpy()
+    feats = (_given_features(features, len(data)) if features is not None else _features(model, data, layer)).numpy()
     scores = np.zeros(len(data))
     per_class = {}
     for c in range(data.num_classes):

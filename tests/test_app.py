@@ -33,6 +33,7 @@ WITHOUT_A_MODEL = {  # what each page tells a user who has no model (or data) ye
     "saliency": ("warning", "Choose a dataset and train or upload a model on the **Data & model** page", 0),
     "certifiers": ("warning", "Choose a dataset and train or upload a model on the **Data & model** page", 0),
     "label_audit": ("warning", "Choose a dataset on the **Data & model** page first.", 0),
+    "audit": ("warning", "Choose a dataset and train or upload a model on the **Data & model** page", 0),
     "backdoors": ("info", "Run a poisoning attack in the first tab first.", 3),  # trains its own victim
     "diffusion": ("info", "No checkpoints found. Create them with `workbench diffusion train`", 1),
 }

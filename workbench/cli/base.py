@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Interpretability and robustness workbench for PyTorch image models.")
 attack_app = typer.Typer(no_args_is_help=True, help="Run an attack, train the victim and measure it.")
 defend_app = typer.Typer(no_args_is_help=True, help="Run a defense end to end and measure it.")
-audit_app = typer.Typer(no_args_is_help=True, help="Audit a dataset (label errors).")
+audit_app = typer.Typer(no_args_is_help=True, help="Audit a model and its data (run: every check; labels: label errors).")
 diffusion_app = typer.Typer(no_args_is_help=True, help="The small text-to-image diffusion model.")
 app.add_typer(attack_app, name="attack")
 app.add_typer(defend_app, name="defend")

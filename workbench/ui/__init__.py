@@ -3,6 +3,6 @@
 Pages hold no science: they gather input, call the library, and render its result objects.
 """
 
-from . import backdoors, certifiers, data_model, diffusion, label_audit, saliency
+from . import audit, backdoors, certifiers, data_model, diffusion, label_audit, saliency
 
-PAGES = [data_model, saliency, backdoors, certifiers, label_audit, diffusion]
+PAGES = [data_model, saliency, backdoors, certifiers, label_audit, audit, diffusion]

@@ -1,0 +1,169 @@
+"""The audit: registry validation, the backdoor scan on a backdoored vs a clean model, CLI exits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.audit import CHECKS, audit
+from workbench.errors import BadInput
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Neural Cleanse's small batches run faster on one thread than on two contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(args):
+    from workbench.cli import main
+
+    return main(args)
+
+
+# ---------------------------------------------------------------- registry and bad input
+def test_registry_lists_every_check_with_needs_and_params():
+    assert {"accuracy", "labels", "poison", "backdoor", "robustness", "explanations", "data"} <= set(CHECKS)
+    for name, check in CHECKS.items():
+        assert check.name == name and check.title
+        for key, par in check.params.items():  # every default passes its own range check
+            assert par.check(name, key, par.default) == par.default
+
+
+def test_unknown_check_is_exit_2_naming_the_known_ones(tmp_path, capsys):
+    code = _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--checks", "accuracy,bogus",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown check 'bogus'" in err and "backdoor" in err and "labels" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_key_and_range_are_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[backdoor]\nthreshhold = 3\n")
+    assert _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--config", str(cfg),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'threshhold'" in err and "threshold" in err and "n_images" in err
+    cfg.write_text("[accuracy]\nwarn_below = 1.5\n")
+    assert _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--config", str(cfg),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "accuracy.warn_below must be in [0.0, 1.0], got 1.5" in capsys.readouterr().err
+    cfg.write_text("[nosuch]\nx = 1\n")
+    assert _run(["audit", "run", "--model", str(tmp_path), "--data", "digits", "--config", str(cfg),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "no check 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unmet_needs_say_what_to_pass(digits):
+    from workbench.zoo import build_model
+
+    net = build_model("cnn", 1, 10, 8)  # no card: the held-out split is unknown, and no --test given
+    with pytest.raises(BadInput, match="needs a small clean set: a test set \\(--test\\)"):
+        audit(net, digits, checks=["backdoor"])
+    # unnamed checks whose needs are not met are skipped, with the reason
+    rep = audit(net, digits.sample(300), checks=None, config={"backdoor": {"steps": 1}})
+    assert "backdoor" in rep.skipped and "--test" in rep.skipped["backdoor"]
+    assert "backdoor" not in [o.check for o in rep.outcomes]
+
+
+# ---------------------------------------------------------------- Neural Cleanse on a backdoored model
+@pytest.fixture(scope="module")
+def backdoored(digits):
+    """A digits CNN with a BadNets backdoor (2×2 patch, 10% poisoned, target 0)."""
+    from attacks.backdoor import run_backdoor_attack
+
+    return run_backdoor_attack(digits, "badnets", 0.1, 0, seed=0, epochs=4, patch_size=2)
+
+
+def test_backdoor_scan_flags_the_target_class_alone(backdoored):
+    from defenses.neural_cleanse import neural_cleanse
+
+    assert backdoored.metrics.attack_success_rate > 0.9
+    res = neural_cleanse(backdoored.model, backdoored.test, n_images=100, steps=20, seed=0)
+    assert res.flagged == [0] and res.anomaly_index[0] > 2
+    # the target's trigger is far smaller than any other class's (on 8×8 digits trained with random
+    # shifts it spreads around the patch; the MNIST benchmark measures the overlap with the patch)
+    assert res.l1_norms[0] < 0.5 * np.min(res.l1_norms[1:])
+
+
+def test_backdoor_scan_passes_the_clean_model(digits_model):
+    from defenses.neural_cleanse import neural_cleanse
+
+    res = neural_cleanse(digits_model.model, digits_model.test, n_images=100, steps=20, seed=0)
+    assert res.flagged == [] and res.max_anomaly_index < 2
+
+
+def test_anomaly_index_matches_the_reference_formula():
+    from defenses.neural_cleanse import anomaly_indices, flag_classes
+
+    norms = np.array([10.0, 11.0, 12.0, 9.0, 10.5, 2.0, 11.5, 10.0, 9.5, 30.0])
+    med = np.median(norms)
+    mad = 1.4826 * np.median(np.abs(norms - med))
+    assert np.allclose(anomaly_indices(norms), (med - norms) / mad)
+    assert flag_classes(norms) == [5]  # 30 is an outlier too, but a large trigger is not a backdoor
+
+
+# ---------------------------------------------------------------- the whole audit through the CLI
+def test_cli_audit_passes_clean_model_and_a_toml_override_fails_it(saved_digits_model, tmp_path, capsys):
+    out = tmp_path / "audit"
+    args = ["-q", "audit", "run", "--model", str(saved_digits_model), "--data", "digits",
+            "--checks", "accuracy,backdoor,data", "--out", str(out), "--json"]
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[backdoor]\nsteps = 20\nn_images = 100\n")
+    assert _run([*args, "--config", str(cfg)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [c["check"] for c in summary["checks"]] == ["accuracy", "backdoor", "data"]
+    assert {c["check"]: c["verdict"] for c in summary["checks"]}["backdoor"] == "pass"
+    report = (out / "report.html").read_text()
+    assert report.index("Verdicts") < report.index("Neural Cleanse")
+    # the same model fails once the accuracy bar is raised above what it reaches
+    cfg.write_text("[backdoor]\nsteps = 20\nn_images = 100\n[accuracy]\nfail_below = 0.999\n")
+    assert _run([*args, "--config", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert "accuracy: accuracy fail:" in err and "is below 100%" in err
+
+
+def test_audit_report_joins_poison_and_label_evidence(backdoored):
+    ds = backdoored.poisoned.dataset
+    rep = audit(backdoored.model, ds, checks=["labels", "poison"])
+    poison, labels = rep.outcome("poison").result, rep.outcome("labels").result
+    s = rep.suspects
+    assert set(s.columns) >= {"given", "suggested", "label_score", "poison_score", "likely_poison", "verdict"}
+    issue = np.zeros(len(ds), dtype=bool)
+    issue[labels.flagged] = True
+    v = s.columns["verdict"]
+    assert np.array_equal(v == "both", issue & poison.likely_poison)
+    assert np.array_equal(v == "likely poison", ~issue & poison.likely_poison)
+    assert np.array_equal(v == "label error", issue & ~poison.likely_poison)
+    assert sorted(s.order.tolist()) == np.flatnonzero(v != "").tolist()
+    csv = s.csv().splitlines()
+    assert csv[0].startswith("index,given") and len(csv) == len(s.order) + 1
+
+
+# ---------------------------------------------------------------- the app page
+def test_app_audit_page_shows_verdicts_first_and_the_suspects(digits_model, digits):
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.models import LoadedModel
+
+    at = AppTest.from_string("from workbench.ui import audit\naudit.render()", default_timeout=300)
+    at.session_state["dataset"] = digits.sample(400, seed=1)
+    at.session_state["model"] = LoadedModel(digits_model.model, digits_model.card, "digits-cnn")
+    at.run()
+    at.multiselect(key="audit_checks").set_value(["labels", "poison"]).run()
+    at.button(key="audit_run").click().run()
+    assert not at.exception and not at.error
+    verdicts = at.dataframe[0].value
+    assert list(verdicts["check"]) == ["labels", "poison"]
+    report = at.session_state["audit_report"]
+    assert list(verdicts["verdict"]) == [o.verdict for o in report.outcomes]
+    assert any(s.value.startswith("Suspects") for s in at.subheader) == (len(report.suspects.order) > 0)
