@@ -183,7 +183,7 @@ def lga_detect(data: ImageDataset, ratio: float = 0.05, *, gamma: float = 0.5, e
         model = architecture(arch, data.channels, data.num_classes, data.image_size, seed=seed)
     hist = fit(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                loss_fn=flooded_loss(gamma), schedule="constant", progress=progress)
-    loss = per_sample_loss(model, data.images, data.labels, device=resolve_device(device))
+    loss = per_sample_loss(model, data.pixels, data.labels, device=resolve_device(device))
     scores = -loss
     return DetectionResult("lga", scores, flag_top(scores, ratio), ratio, time.perf_counter() - t0,
                            params={"gamma": gamma, "epochs": epochs,
@@ -225,9 +225,9 @@ def _features(model: nn.Module, data: ImageDataset, layer: str | None) -> torch.
     if layer == PENULTIMATE and PENULTIMATE not in modules:
         layer = None
     if layer == HEAD_INPUT and HEAD_INPUT not in modules:
-        feats = head_inputs(model, data.images)
+        feats = head_inputs(model, data.pixels)  # read per batch
     else:
-        feats = layer_outputs(model, data.images, _layer_name(model, layer, data.input_shape))
+        feats = layer_outputs(model, data.pixels, _layer_name(model, layer, data.input_shape))
     require(feats.ndim == 2 and feats.shape[1] >= 2,
             f"layer {layer or 'default'} gives features of shape {tuple(feats.shape)}; need N×D with D >= 2")
     return feats.double()
