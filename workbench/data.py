@@ -101,6 +101,10 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. sent to a Ray task) without the float32 copy :attr:`images` may have cached."""
+        return {k: v for k, v in self.__dict__.items() if k != "_float"}
+
     @property
     def pixels(self) -> ImageView:
         """The images as float32 [0, 1], converted per index or slice (memory bounded by the batch)."""
