@@ -183,7 +183,7 @@ def lga_detect(data: ImageDataset, ratio: float = 0.05, *, gamma: float = 0.5, e
         model = architecture(arch, data.channels, data.num_classes, data.image_size, seed=seed)
     hist = fit(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                loss_fn=flooded_loss(gamma), schedule="constant", progress=progress)
-    loss = per_sample_loss(model, data.images, data.labels, device=resolve_device(device))
+    loss = per_sample_loss(model, data.pixels, data.labels, device=resolve_device(device))
     scores = -loss
     return DetectionResult("lga", scores, flag_top(scores, ratio), ratio, time.perf_counter() - t0,
                            params={"gamma": gamma, "epochs": epochs,
@@ -220,17 +220,18 @@ def _layer_name(model: nn.Module, layer: str | None, input_shape=None) -> str | 
 
 
 def _features(model: nn.Module, data: ImageDataset, layer: str | None) -> torch.Tensor:
+    """N×D float32 features of ``layer`` (callers take float64 per class: half the memory at N×D)."""
     model = as_model(model)
     modules = dict(named_layers(model))
     if layer == PENULTIMATE and PENULTIMATE not in modules:
         layer = None
     if layer == HEAD_INPUT and HEAD_INPUT not in modules:
-        feats = head_inputs(model, data.images)
+        feats = head_inputs(model, data.pixels)  # read per batch
     else:
-        feats = layer_outputs(model, data.images, _layer_name(model, layer, data.input_shape))
+        feats = layer_outputs(model, data.pixels, _layer_name(model, layer, data.input_shape))
     require(feats.ndim == 2 and feats.shape[1] >= 2,
             f"layer {layer or 'default'} gives features of shape {tuple(feats.shape)}; need N×D with D >= 2")
-    return feats.double()
+    return feats
 
 
 def _given_features(features, n: int) -> torch.Tensor:
@@ -254,7 +255,8 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
         idx = torch.nonzero(data.labels == c).flatten()
         if len(idx) < 2:
             continue
-        r = feats[idx] - feats[idx].mean(0, keepdim=True)
+        fc = feats[idx].double()
+        r = fc - fc.mean(0, keepdim=True)
         # top right singular vector of the centred class features (Algorithm 1, line 5)
         _, s, vh = torch.linalg.svd(r, full_matrices=False)
         p = r @ vh[0]
@@ -283,7 +285,7 @@ def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: fl
     check_in_range("size_threshold", float(size_threshold), 0.0, 0.5, low_open=True)
     data = as_dataset(data)
     t0 = time.perf_counter()
-    feats = (_given_features(features, len(data)) if features is not None else _features(model, data, layer)).numpy()
+    feats = (_given_features(features, len(data)) if features is not None else _features(model, data, layer)).double().numpy()
     scores = np.zeros(len(data))
     per_class = {}
     for c in range(data.num_classes):

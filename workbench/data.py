@@ -1,12 +1,16 @@
 """Datasets: the embedded defaults, a user's own files, one spec string, seeded stratified splits.
 
-Every loader returns an :class:`ImageDataset` holding float32 images N×C×H×W in [0, 1], int64
-labels 0..K-1, class names and a name. Loaders validate what they read and raise
+Every loader returns an :class:`ImageDataset` holding images N×C×H×W, int64 labels 0..K-1, class
+names and a name. Images are stored as they came: uint8 stays uint8 (a quarter of float32), a
+memory-mapped ``npy:DIR`` folder stays on disk, and float32 is read per batch through
+:attr:`ImageDataset.pixels`; :attr:`ImageDataset.images` still gives the whole set as float32 in [0, 1]
+for code that wants it in memory. Loaders validate what they read and raise
 :class:`~workbench.errors.BadInput` with a message naming the problem (missing file, unreadable
 image, length mismatch, wrong rank, NaN or out-of-range values, empty data, a single class).
 
 Spec strings (CLI and app): ``mnist10k``, ``digits``, ``npz:PATH``, ``folder:PATH``,
-``idx:IMAGES,LABELS``.
+``idx:IMAGES,LABELS``, ``npy:DIR`` (a memory-mapped folder, see :func:`load_npy_dir` and
+:func:`convert_dataset`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import struct
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -32,11 +36,56 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MNIST10K_SHA256 = "a9c444adb7dac046fe419c1988c0811da067438961b66d8322526e6e844cae2d"
 
 
+class ImageView:
+    """Float32 [0, 1] images read per index from a dataset's storage (a uint8 or float32 tensor, or a
+    memory-mapped NumPy array): ``view[i:j]`` or ``view[index_tensor]`` converts just those rows, so
+    code that walks images in batches (``predict_logits``, ``layer_outputs``, ``fit``) holds one batch
+    in float32, never the whole set. Has ``shape``, ``ndim``, ``dtype`` and ``len`` like a tensor."""
+
+    dtype = torch.float32
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.raw.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.raw.shape)
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+    def __getitem__(self, key) -> torch.Tensor:
+        raw = self.raw
+        if isinstance(raw, np.ndarray):
+            if isinstance(key, torch.Tensor):
+                key = key.numpy()
+            part = torch.from_numpy(np.array(raw[key]))  # a copy of the rows read from disk
+        else:
+            part = raw[key]
+        if part.dtype == torch.uint8:
+            return part.float().div_(255.0)
+        return part if part.dtype == torch.float32 else part.float()
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
 @dataclass
 class ImageDataset:
-    """Images N×C×H×W (float32, [0, 1]), labels N (int64), class names and provenance."""
+    """Images N×C×H×W, labels N (int64), class names and provenance.
 
-    images: torch.Tensor
+    ``images`` may be given as a float32 tensor in [0, 1], a uint8 tensor (0-255, kept as uint8) or a
+    NumPy array of either dtype (a memory-mapped one stays on disk). Read them per batch as float32
+    with :attr:`pixels` (``ds.pixels[idx]``); :attr:`images` returns the whole set as one float32
+    tensor (kept for in-memory storage, rebuilt on each access for memory-mapped storage).
+    """
+
+    images: torch.Tensor = field(repr=False)
     labels: torch.Tensor
     class_names: list[str]
     name: str
@@ -47,12 +96,26 @@ class ImageDataset:
         if isinstance(self.labels, torch.Tensor) and self.labels.dtype != torch.int64 and not (
                 self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool):
             self.labels = self.labels.long()  # any integer dtype
-        if isinstance(self.images, torch.Tensor) and self.images.dtype == torch.uint8:
-            self.images = self.images.float().div_(255.0)
-        validate_arrays(self.images, self.labels, len(self.class_names), self.name)
+        validate_arrays(self._raw, self.labels, len(self.class_names), self.name)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. sent to a Ray task) without the float32 copy :attr:`images` may have cached."""
+        return {k: v for k, v in self.__dict__.items() if k != "_float"}
+
+    @property
+    def pixels(self) -> ImageView:
+        """The images as float32 [0, 1], converted per index or slice (memory bounded by the batch)."""
+        return ImageView(self._raw)
+
+    @property
+    def storage(self) -> str:
+        """How the images are held: ``uint8``, ``float32`` or ``memmap-uint8`` / ``memmap-float32``."""
+        raw = self._raw
+        dtype = str(raw.dtype).replace("torch.", "")
+        return f"memmap-{dtype}" if isinstance(raw, np.memmap) else dtype
 
     @property
     def num_classes(self) -> int:
@@ -60,11 +123,11 @@ class ImageDataset:
 
     @property
     def channels(self) -> int:
-        return int(self.images.shape[1])
+        return int(self._raw.shape[1])
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.images.shape[2]), int(self.images.shape[3])
+        return int(self._raw.shape[2]), int(self._raw.shape[3])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -73,12 +136,21 @@ class ImageDataset:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def _replace(self, **changes) -> ImageDataset:
+        """``dataclasses.replace`` that passes the stored images (uint8, memory-mapped) unconverted."""
+        kw = {"images": self._raw, "labels": self.labels, "class_names": list(self.class_names),
+              "name": self.name, "indices": self.indices}
+        kw.update(changes)
+        return ImageDataset(**kw)
+
     def subset(self, indices, name: str | None = None) -> ImageDataset:
-        """The samples at ``indices``; ``indices`` of the result point into the original data."""
+        """The samples at ``indices``; ``indices`` of the result point into the original data.
+        Stored as this dataset stores them (rows of a memory-mapped set are read into memory)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         base = self.indices[idx] if self.indices is not None else idx
-        return ImageDataset(self.images[idx], self.labels[idx], list(self.class_names),
-                            name or self.name, indices=base)
+        raw = self._raw
+        part = torch.from_numpy(np.array(raw[idx.numpy()])) if isinstance(raw, np.ndarray) else raw[idx]
+        return ImageDataset(part, self.labels[idx], list(self.class_names), name or self.name, indices=base)
 
     def sample(self, n: int, seed: int = 0) -> ImageDataset:
         """A seeded random sample of ``min(n, len)`` samples (in random order; ``indices`` kept)."""
@@ -90,38 +162,80 @@ class ImageDataset:
         labels = torch.as_tensor(labels, dtype=torch.long)
         require(labels.shape == self.labels.shape,
                 f"new labels have shape {tuple(labels.shape)}, expected {tuple(self.labels.shape)}")
-        return replace(self, labels=labels)
+        return self._replace(labels=labels)
 
-    def resized(self, size: int | tuple[int, int]) -> ImageDataset:
+    def resized(self, size: int | tuple[int, int], batch_size: int = 4096) -> ImageDataset:
         """Resample every image to ``size`` (area-averaging when shrinking, bilinear otherwise)."""
         hw = (size, size) if isinstance(size, int) else tuple(size)
         require(min(hw) >= 1, f"size must be positive, got {hw}")
         if hw == self.image_size:
             return self
-        shrink = hw[0] <= self.images.shape[2] and hw[1] <= self.images.shape[3]
+        shrink = hw[0] <= self.image_size[0] and hw[1] <= self.image_size[1]
         mode = "area" if shrink else "bilinear"
         kwargs = {} if shrink else {"align_corners": False}
-        images = F.interpolate(self.images, size=hw, mode=mode, **kwargs).clamp_(0, 1)
-        return replace(self, images=images, name=f"{self.name}@{hw[0]}x{hw[1]}")
+        px = self.pixels
+        images = torch.cat([F.interpolate(px[i:i + batch_size], size=hw, mode=mode, **kwargs).clamp_(0, 1)
+                            for i in range(0, len(px), batch_size)])
+        return self._replace(images=images, name=f"{self.name}@{hw[0]}x{hw[1]}")
 
 
-def validate_arrays(images: torch.Tensor, labels: torch.Tensor, num_classes: int, name: str) -> None:
-    """Raise :class:`BadInput` if the arrays cannot form a dataset."""
-    require(isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor),
+def _get_images(self: ImageDataset) -> torch.Tensor:
+    cached = self.__dict__.get("_float")
+    if cached is not None:
+        return cached
+    raw = self._raw
+    if isinstance(raw, torch.Tensor) and raw.dtype == torch.float32:
+        return raw
+    full = ImageView(raw)[:]
+    if not isinstance(raw, np.ndarray):  # in-memory storage: convert once (same tensor on every access)
+        self.__dict__["_float"] = full
+    return full
+
+
+def _set_images(self: ImageDataset, value) -> None:
+    if isinstance(value, np.ndarray) and not isinstance(value, np.memmap):
+        value = torch.from_numpy(value)
+    self.__dict__["_raw"] = value
+    self.__dict__.pop("_float", None)
+
+
+# ``images`` is a dataclass field (constructor, positional order) read through a property: the storage
+# stays uint8 / memory-mapped and float32 appears only where asked for.
+ImageDataset.images = property(_get_images, _set_images, doc="All images as one float32 tensor in [0, 1].")
+
+
+def _check_float_range(images, name: str, batch: int = 65536) -> None:
+    """Finite and within [0, 1], checked in chunks (a memory-mapped array is never read whole)."""
+    lo, hi, finite = math.inf, -math.inf, True
+    for i in range(0, int(images.shape[0]), batch):
+        part = images[i:i + batch]
+        part = torch.from_numpy(np.array(part)) if isinstance(part, np.ndarray) else part
+        if not bool(torch.isfinite(part).all()):
+            finite = False
+            break
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    require(finite, f"{name}: images contain NaN or infinite values")
+    require(lo >= 0.0 and hi <= 1.0, f"{name}: image values must lie in [0, 1], got [{lo:g}, {hi:g}]"
+            + (": they look normalised; give the normalisation's mean and std (as_dataset(..., mean=, std=)) to "
+               "map them back to pixels, and the same mean and std to the model (as_model(model, mean=, std=))"
+               if lo < 0.0 else ""))
+
+
+def validate_arrays(images, labels: torch.Tensor, num_classes: int, name: str) -> None:
+    """Raise :class:`BadInput` if the arrays cannot form a dataset. ``images`` is a tensor or a
+    (memory-mapped) NumPy array, float32 in [0, 1] or uint8."""
+    require(isinstance(images, (torch.Tensor, np.ndarray)) and isinstance(labels, torch.Tensor),
             f"{name}: images and labels must be tensors")
     require(images.ndim == 4, f"{name}: images must be N×C×H×W, got shape {tuple(images.shape)}")
     require(labels.ndim == 1, f"{name}: labels must be one-dimensional, got shape {tuple(labels.shape)}")
     require(images.shape[0] > 0, f"{name}: the dataset is empty")
     require(images.shape[0] == labels.shape[0],
             f"{name}: {images.shape[0]} images but {labels.shape[0]} labels")
-    require(images.dtype == torch.float32, f"{name}: images must be float32, got {images.dtype}")
+    dtype = str(images.dtype).replace("torch.", "")
+    require(dtype in ("float32", "uint8"), f"{name}: images must be float32 (in [0, 1]) or uint8, got {dtype}")
     require(labels.dtype == torch.int64, f"{name}: labels must be integers, got {labels.dtype}")
-    require(bool(torch.isfinite(images).all()), f"{name}: images contain NaN or infinite values")
-    lo, hi = float(images.min()), float(images.max())
-    require(lo >= 0.0 and hi <= 1.0, f"{name}: image values must lie in [0, 1], got [{lo:g}, {hi:g}]"
-            + (": they look normalised; give the normalisation's mean and std (as_dataset(..., mean=, std=)) to "
-               "map them back to pixels, and the same mean and std to the model (as_model(model, mean=, std=))"
-               if lo < 0.0 else ""))
+    if dtype == "float32":
+        _check_float_range(images, name)
     require(int(labels.min()) >= 0 and int(labels.max()) < num_classes,
             f"{name}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
 
@@ -154,7 +268,7 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
                        f"got rank {images.ndim} with shape {images.shape}")
     require(min(images.shape[1:]) > 0, f"{name}: images have a zero-size dimension (shape {images.shape})")
     if images.dtype == np.uint8:
-        arr = images.astype(np.float32) / 255.0
+        arr = images  # kept as uint8: converted to float32 per batch (ImageDataset.pixels)
     elif np.issubdtype(images.dtype, np.floating):
         require(bool(np.all(np.isfinite(images))), f"{name}: images contain NaN or infinite values")
         lo, hi = float(images.min()), float(images.max())  # checked before the cast (1e300 would overflow)
@@ -168,7 +282,7 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, name: str,
         lo, hi = int(images.min()), int(images.max())
         require(lo >= 0 and hi <= 255,
                 f"{name}: integer images must lie in 0..255, got values in [{lo}, {hi}]")
-        arr = images.astype(np.float32) / 255.0
+        arr = images.astype(np.uint8)
     else:
         raise BadInput(f"{name}: unsupported image dtype {images.dtype}")
     if class_names is None:
@@ -444,9 +558,108 @@ def load_idx(images_path: str | Path, labels_path: str | Path) -> ImageDataset:
     return _from_arrays(images, labels, f"idx:{Path(images_path).name}")
 
 
+NPY_IMAGES, NPY_LABELS, NPY_CLASSES = "images.npy", "labels.npy", "class_names.json"
+
+
+def load_npy_dir(path: str | Path) -> ImageDataset:
+    """A memory-mapped dataset folder: ``images.npy`` (N×C×H×W or N×H×W, uint8 or float32 in [0, 1],
+    opened with ``mmap_mode="r"``: pages are read from disk as batches need them), ``labels.npy`` (N
+    integers) and optional ``class_names.json`` (a list of strings). Write one with
+    :func:`convert_dataset` (``workbench data convert``). Never unpickles."""
+    root = Path(path)
+    if not root.exists():
+        raise BadInput(f"dataset folder not found: {root}")
+    require(root.is_dir(), f"npy: {root} is not a folder (expected {NPY_IMAGES}, {NPY_LABELS})")
+    name = f"npy:{root.name}"
+    try:
+        images = np.load(_require_file(root / NPY_IMAGES, "images file"), mmap_mode="r", allow_pickle=False)
+        labels = np.load(_require_file(root / NPY_LABELS, "labels file"), mmap_mode="r", allow_pickle=False)
+    except BadInput:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # truncated data, object arrays, not an .npy
+        raise BadInput(f"{name}: cannot read {root}: {exc}".splitlines()[0]) from None
+    require(isinstance(images, np.ndarray) and isinstance(labels, np.ndarray),
+            f"{name}: {NPY_IMAGES} and {NPY_LABELS} must each hold one array")
+    require(images.dtype in (np.uint8, np.float32),
+            f"{name}: {NPY_IMAGES} must be uint8 (0-255) or float32 (0-1), got {images.dtype}")
+    if images.ndim == 3:
+        images = images.reshape(images.shape[0], 1, *images.shape[1:])  # still a memory map
+    require(images.ndim == 4 and images.shape[1] in (1, 3),
+            f"{name}: {NPY_IMAGES} must be N×C×H×W with C in 1 or 3 (or N×H×W), got shape {images.shape}; "
+            "convert channels-last data with 'workbench data convert'")
+    require(min(images.shape) > 0, f"{name}: {NPY_IMAGES} has a zero-size dimension (shape {images.shape})")
+    require(labels.ndim == 1, f"{name}: {NPY_LABELS} must be one-dimensional, got shape {labels.shape}")
+    require(labels.shape[0] == images.shape[0],
+            f"{name}: {images.shape[0]} images but {labels.shape[0]} labels")
+    class_names = None
+    if (root / NPY_CLASSES).exists():
+        import json
+
+        try:
+            class_names = json.loads(_require_file(root / NPY_CLASSES, "class names file").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInput(f"{name}: cannot read {NPY_CLASSES}: {exc}") from None
+        require(isinstance(class_names, list) and all(isinstance(c, str) for c in class_names),
+                f"{name}: {NPY_CLASSES} must be a JSON list of strings")
+    labels_i = _integer_labels(np.asarray(labels), name, len(labels), class_names)
+    if class_names is None:
+        class_names = [str(k) for k in range(int(labels_i.max()) + 1)]
+    require(len(class_names) >= 2, f"{name}: need at least two classes, got {len(class_names)}")
+    return ImageDataset(images, torch.from_numpy(labels_i), class_names, name)
+
+
+def convert_dataset(spec: str | ImageDataset, out: str | Path, *, overwrite: bool = False,
+                    batch_size: int = 8192) -> Path:
+    """Write a dataset (any spec :func:`load_dataset` reads, or an :class:`ImageDataset`) as a
+    memory-mapped folder (``images.npy`` uint8 when the source is uint8, float32 otherwise,
+    ``labels.npy`` int64, ``class_names.json``), read back with ``npy:OUT`` / :func:`load_npy_dir`.
+
+    The images are written ``batch_size`` rows at a time into a memory-mapped file in a staging
+    folder beside ``out``, which replaces ``out`` in one step when complete: an interrupted run
+    leaves nothing. An existing ``out`` is refused unless ``overwrite`` (and then only a folder that
+    is empty or holds a converted dataset)."""
+    import json
+    import tempfile
+
+    from .atomic import swap_in
+
+    out = Path(out)
+    if out.exists():
+        require(out.is_dir(), f"{out} is an existing file; give a folder to convert into")
+        entries = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        require(overwrite or not entries, f"{out} exists; refusing to replace it (use --overwrite)")
+        require(not entries or (out / NPY_IMAGES).is_file(),
+                f"{out} holds other things than a converted dataset ({', '.join(sorted(entries)[:4])}); "
+                "choose a new or empty folder")
+    ds = spec if isinstance(spec, ImageDataset) else load_dataset(spec)
+    raw = ds._raw
+    dtype = np.uint8 if str(raw.dtype).endswith("uint8") else np.float32
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.convert-", dir=out.parent))
+    except OSError as exc:
+        raise BadInput(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        mm = np.lib.format.open_memmap(stage / NPY_IMAGES, mode="w+", dtype=dtype, shape=tuple(raw.shape))
+        for i in range(0, len(ds), batch_size):
+            part = raw[i:i + batch_size]
+            mm[i:i + len(part)] = part.numpy() if isinstance(part, torch.Tensor) else part
+        mm.flush()
+        del mm
+        np.save(stage / NPY_LABELS, ds.labels.numpy().astype(np.int64), allow_pickle=False)
+        (stage / NPY_CLASSES).write_text(json.dumps(list(ds.class_names)))
+        swap_in(stage, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
 def load_dataset(spec: str) -> ImageDataset:
     """Load a dataset from a spec string: ``mnist10k``, ``digits``, ``npz:PATH``, ``folder:PATH``,
-    ``idx:IMAGES,LABELS``."""
+    ``idx:IMAGES,LABELS``, ``npy:DIR`` (memory-mapped)."""
     require(isinstance(spec, str) and spec.strip() != "", "empty dataset spec")
     spec = spec.strip()
     kind, _, arg = spec.partition(":")
@@ -459,6 +672,8 @@ def load_dataset(spec: str) -> ImageDataset:
         return load_npz(arg)
     if kind == "folder" and arg:
         return load_folder(arg)
+    if kind == "npy" and arg:
+        return load_npy_dir(arg)
     if kind == "idx" and arg:
         parts = arg.split(",")
         require(len(parts) == 2, f"idx spec needs two paths, 'idx:IMAGES,LABELS', got {spec!r}")
@@ -466,10 +681,10 @@ def load_dataset(spec: str) -> ImageDataset:
     if arg == "" and spec.endswith(".npz"):
         return load_npz(spec)
     raise BadInput(f"unknown dataset spec {spec!r}; use one of: mnist10k, digits, npz:PATH, "
-                   "folder:PATH, idx:IMAGES,LABELS")
+                   "folder:PATH, idx:IMAGES,LABELS, npy:DIR")
 
 
-DATASET_SPECS = ("mnist10k", "digits", "npz:PATH", "folder:PATH", "idx:IMAGES,LABELS")
+DATASET_SPECS = ("mnist10k", "digits", "npz:PATH", "folder:PATH", "idx:IMAGES,LABELS", "npy:DIR")
 
 
 def train_test_split(ds: ImageDataset, test_fraction: float = 0.2, seed: int = 0
@@ -498,7 +713,7 @@ def stratified_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     if n == len(ds):
         return ds
     _, part = train_test_split(ds, test_fraction=n / len(ds), seed=seed)
-    return replace(part, name=f"{ds.name}[{n}]")
+    return part._replace(name=f"{ds.name}[{n}]")
 
 
 # ---------------------------------------------------------------- data in the forms users have
@@ -605,10 +820,10 @@ def fingerprint(ds: ImageDataset) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    h.update(str(tuple(ds.images.shape)).encode())
+    h.update(str(tuple(ds.pixels.shape)).encode())
     h.update(ds.labels.numpy().astype(np.int64).tobytes())
     pick = torch.linspace(0, len(ds) - 1, min(256, len(ds))).long()
-    h.update((ds.images[pick] * 255).round().to(torch.uint8).numpy().tobytes())
+    h.update((ds.pixels[pick] * 255).round().to(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

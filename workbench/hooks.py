@@ -212,15 +212,21 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, layer: str | nn.Module
     dev = model_device(model)
     was_training = model.training
     model.eval()
-    chunks = []
+    out = None
+    n = len(images)
     try:
         with capture_layers(model, layer, keep_inputs=inputs, detach=True) as cap:
             name = next(iter(resolve_layers(model, layer)))[0]
             store = cap.inputs if inputs else cap.activations
-            for i in range(0, len(images), batch_size):
+            for i in range(0, n, batch_size):
                 model(images[i:i + batch_size].to(dev))
                 a = store[name].float().cpu()
-                chunks.append(a.flatten(1) if flatten else a)
+                a = a.flatten(1) if flatten else a
+                if out is None:  # one N×D result filled in place: no per-batch pieces pinning the heap
+                    out = torch.empty((n, *a.shape[1:]), dtype=torch.float32)
+                out[i:i + len(a)] = a
+                del a
+                store.clear()
     finally:
         model.train(was_training)
-    return torch.cat(chunks)
+    return out if out is not None else torch.empty(0)

@@ -104,7 +104,7 @@ def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
             and data[0].is_floating_point():
         return data[0], data[1]  # ready tensors (also non-image inputs and soft labels)
     ds = as_dataset(data)
-    return ds.images, ds.labels
+    return ds.pixels, ds.labels  # float32 per batch: uint8 / memory-mapped storage stays as it is
 
 
 def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor], *, epochs: int = 6,
@@ -175,7 +175,8 @@ def _needs_adapter(model: nn.Module) -> bool:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512,
                    device: str | torch.device | None = None) -> torch.Tensor:
-    """Logits for every image (eval mode, batched); returned on the CPU."""
+    """Logits for every image (eval mode, batched); returned on the CPU. ``images`` may be a tensor or
+    an :class:`~workbench.data.ImageView` (``ds.pixels``), read one batch at a time."""
     model = as_model(model)
     dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
@@ -207,7 +208,7 @@ def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
     """Accuracy and confusion matrix of ``model`` on ``data`` (any form :func:`~workbench.data.as_dataset`
     takes)."""
     data = as_dataset(data)
-    preds = predict_logits(model, data.images, batch_size=batch_size, device=device).argmax(1)
+    preds = predict_logits(model, data.pixels, batch_size=batch_size, device=device).argmax(1)
     return Evaluation(accuracy=float((preds == data.labels).float().mean()),
                       confusion=confusion_matrix(data.labels, preds, data.num_classes), n=len(data))
 

@@ -29,6 +29,8 @@ from . import certify as _certify  # noqa: E402,F401
 from . import defend as _defend  # noqa: E402,F401
 from . import diffusion as _diffusion  # noqa: E402,F401
 from . import audit_run as _audit_run  # noqa: E402,F401
+from . import data as _data  # noqa: E402,F401
+from . import sweep as _sweep  # noqa: E402,F401
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it

@@ -85,7 +85,7 @@ def check_fraction_option(value: float | None, name: str = "threshold") -> float
 
 
 DataOpt = typer.Option("mnist10k", "--data", "-d",
-                       help="Dataset spec: mnist10k, digits, npz:PATH, folder:PATH, idx:IMAGES,LABELS.")
+                       help="Dataset spec: mnist10k, digits, npz:PATH, folder:PATH, idx:IMAGES,LABELS, npy:DIR (memory-mapped).")
 MODEL_HELP = ("Trained model: a workbench folder (model.json + model.safetensors), a transformers folder "
               "(save_pretrained), a .zip of either folder, a weights file with its model.json, or "
               "path/to/file.py:factory (or "

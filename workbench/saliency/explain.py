@@ -150,13 +150,15 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
             layers: Sequence[str] | str | None = None, target=None, *, labels=None,
             class_names: Sequence[str] | None = None, metrics: bool = True, boxes=None, sanity: bool = False,
             sanity_layers: int | None = None, combine: str = "geometric", combine_weights=None, n_steps: int = 20,
-            progress: Callable[[float, str], None] | None = None) -> SaliencyResult:
+            batch_size: int = 64, progress: Callable[[float, str], None] | None = None) -> SaliencyResult:
     """Explain ``images`` with each method at each layer (one forward + one backward per method).
 
     ``target``: None (predicted class), an int, or one class per image. ``labels`` (true classes)
     only annotate the report. ``boxes`` ((y0, x0, y1, x1) or N×4, in input pixels) add the pointing
     game; ``sanity`` adds the cascading model-randomization check (``sanity_layers`` caps its steps).
     With several layers each method's maps are also combined (``combine``: geometric or sum).
+    The forward and backward passes that make the maps run ``batch_size`` images at a time (every map
+    is normalised per image, so the maps do not depend on the batch size).
     """
     require(len(methods) > 0, "no saliency methods given")
     model = as_model(model)
@@ -171,8 +173,9 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
     if labels is not None:
         lab = [int(v) for v in torch.as_tensor(labels).view(-1).tolist()]
         require(len(lab) == n, f"{n} images but {len(lab)} labels")
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     with torch.no_grad(), eval_mode(model):
-        logits = model(x)
+        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, n, batch_size)])
     tgt = resolve_target(t, logits)
     k = logits.shape[1]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
@@ -188,15 +191,23 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
         if progress is not None:
             progress(i / total, f"{mname}")
         t0 = time.perf_counter()
-        cap = method.capture(x, tgt)
-        raw = method.maps_from(cap)
-        res.layouts.update(cap.layouts)
+        per_layer: dict[str, list[torch.Tensor]] = {lay: [] for lay in method.layer_names}
+        combined: list[torch.Tensor] = []
+        for b in range(0, n, batch_size):
+            cap = method.capture(x[b:b + batch_size], tgt[b:b + batch_size])
+            raw = method.maps_from(cap)
+            res.layouts.update(cap.layouts)
+            for lay in method.layer_names:
+                per_layer[lay].append(upsample(raw[lay], size)[:, 0].cpu())
+            if len(method.layer_names) > 1:
+                combined.append(combine_maps([raw[l] for l in method.layer_names], size, mode=combine,
+                                             weights=combine_weights)[:, 0].cpu())
+            del cap, raw
         res.seconds[mname] = time.perf_counter() - t0
         for lay in method.layer_names:
-            res.maps[f"{mname}@{lay}"] = upsample(raw[lay], size)[:, 0].cpu()
-        if len(method.layer_names) > 1:
-            res.combined[mname] = combine_maps([raw[l] for l in method.layer_names], size, mode=combine,
-                                               weights=combine_weights)[:, 0].cpu()
+            res.maps[f"{mname}@{lay}"] = torch.cat(per_layer[lay])
+        if combined:
+            res.combined[mname] = torch.cat(combined)
         if not metrics:
             continue
         cs = class_sensitivity(method, x) if method.uses_target else None

@@ -1,0 +1,144 @@
+"""Run independent units of work (folds, sweep runs, shards) serially or as Ray tasks.
+
+The one place in the workbench that knows about Ray (https://docs.ray.io, Moritz et al., "Ray: A
+Distributed Framework for Emerging AI Applications", OSDI 2018). Every capability that has
+independent units calls :func:`run_tasks`; without ``ray_address`` they run one after the other in
+this process, as before. With ``ray_address="local"`` a private Ray instance is started on this
+machine (no dashboard) and shut down after; ``"auto"`` or ``"HOST:PORT"`` joins a running cluster
+(``ray start --head`` on one machine, ``ray start --address HOST:PORT`` on the others).
+
+Ray is optional: ``pip install ".[scale]"``. Asking for it without it installed is a
+:class:`~workbench.errors.BadInput` that says so. A unit that raises is reported in its
+:class:`TaskResult` and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadInput, require
+
+INSTALL_HINT = 'Ray is not installed; install the optional scale extra: pip install ".[scale]"'
+CONNECT_TIMEOUT_S = 10.0  # a head node that does not answer is reported well within 30 s
+
+
+@dataclass
+class TaskResult:
+    """What one unit gave: ``value`` when ``ok``, else ``error`` (one line: type and message)."""
+
+    index: int
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _call(fn: Callable, kwargs: dict, threads: int | None, index: int) -> TaskResult:
+    """Run one unit and catch its failure (inside the worker, so Ray never retries a failing unit)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        return TaskResult(index, True, fn(**kwargs), seconds=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - reported per unit; the others go on
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        return TaskResult(index, False, error=first, seconds=time.perf_counter() - t0,
+                          value={"traceback": traceback.format_exc(limit=8)})
+
+
+def import_ray():
+    """The ``ray`` module, or BadInput with the install command."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInput(INSTALL_HINT) from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that does not accept a connection: one-line BadInput, within CONNECT_TIMEOUT_S."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("ray://")
+    require(sep == ":" and host and port.isdigit(),
+            f"--ray-address must be 'auto', 'local' or HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise BadInput(f"no Ray head node answers at {address} ({exc.strerror or exc}); start one with "
+                       "'ray start --head --port PORT' or check the address") from None
+
+
+def init_ray(ray_address: str, *, num_cpus: int | None = None) -> bool:
+    """Connect to Ray (``local``: a private instance on this machine; ``auto``/``HOST:PORT``: a
+    cluster). Returns True when this call started the connection (and so must shut it down)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    address = None if ray_address == "local" else ray_address
+    if address not in (None, "auto"):
+        _check_reachable(address)
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
+                              "configure_logging": False}
+    if address is None:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        raise BadInput(f"cannot join the Ray cluster at {ray_address}: {exc}".splitlines()[0]) from None
+    return True
+
+
+def run_tasks(fn: Callable[..., Any], kwargs_list: Sequence[dict], *, ray_address: str | None = None,
+              num_cpus_per_task: float = 1, num_gpus: float = 0, threads: int | None = None,
+              on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+    """Call ``fn(**kwargs)`` for each entry of ``kwargs_list``; the results come back in input order.
+
+    ``ray_address`` None runs them serially here; ``"local"``, ``"auto"`` or ``"HOST:PORT"`` runs
+    each as a Ray task with ``num_cpus_per_task`` CPUs and ``num_gpus`` GPUs (a fraction shares
+    one). ``threads`` sets ``torch.set_num_threads`` inside each unit. ``fn`` must be importable by
+    the workers (a module-level function). ``on_result`` is called as each unit finishes (in
+    completion order), e.g. to save it at once so that an interrupted run keeps what is done.
+    """
+    require(callable(fn), "fn must be callable")
+    require(num_cpus_per_task > 0 and num_gpus >= 0, "num_cpus_per_task must be > 0 and num_gpus >= 0")
+    require(threads is None or threads >= 1, f"threads must be >= 1, got {threads}")
+    kwargs_list = list(kwargs_list)
+    results: list[TaskResult | None] = [None] * len(kwargs_list)
+    if ray_address is None:
+        for i, kw in enumerate(kwargs_list):
+            results[i] = _call(fn, kw, threads, i)
+            if on_result is not None:
+                on_result(results[i])
+        return results  # type: ignore[return-value]
+    if not kwargs_list:
+        return []
+    ray = import_ray()
+    started = init_ray(ray_address)
+    try:
+        remote = ray.remote(num_cpus=num_cpus_per_task, num_gpus=num_gpus, max_retries=0)(_call)
+        pending = {remote.remote(fn, kw, threads, i): i for i, kw in enumerate(kwargs_list)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a worker that died: reported for this unit only
+                    res = TaskResult(i, False, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                results[i] = res
+                if on_result is not None:
+                    on_result(res)
+    finally:
+        if started:
+            ray.shutdown()
+    return results  # type: ignore[return-value]
