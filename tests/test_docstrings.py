@@ -18,7 +18,7 @@ NOT_YET = {
     "workbench.data", "workbench.training", "workbench.saliency.explain", "defenses.detectors",
     "defenses.neural_cleanse", "workbench.audit.accuracy", "workbench.audit.backdoor",
     "workbench.audit.data", "workbench.audit.explanations", "workbench.audit.labels", "workbench.audit.poison",
-    "workbench.audit.robustness", "workbench.audit.run",
+    "workbench.audit.robustness",
 }
 
 
