@@ -16,7 +16,7 @@ FACES = (".cli", ".ui")
 # Modules whose docstrings are not yet in the numpy style (issue 17, item 3: left open).
 NOT_YET = {
     "workbench.data", "workbench.training", "workbench.saliency.explain", "defenses.detectors",
-    "defenses.neural_cleanse", "workbench.audit.accuracy", "workbench.audit.backdoor",
+    "workbench.audit.accuracy", "workbench.audit.backdoor",
     "workbench.audit.data", "workbench.audit.explanations", "workbench.audit.labels", "workbench.audit.poison",
     "workbench.audit.robustness",
 }
