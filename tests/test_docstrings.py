@@ -16,9 +16,8 @@ FACES = (".cli", ".ui")
 # Modules whose docstrings are not yet in the numpy style (issue 17, item 3: left open).
 NOT_YET = {
     "workbench.data", "workbench.training", "workbench.saliency.explain", "defenses.detectors",
-    "workbench.audit.accuracy", "workbench.audit.backdoor",
-    "workbench.audit.data", "workbench.audit.explanations", "workbench.audit.labels", "workbench.audit.poison",
-    "workbench.audit.robustness",
+    "workbench.audit.backdoor", "workbench.audit.labels", "workbench.audit.robustness",
+    "workbench.audit.explanations", "workbench.audit.data", "workbench.audit.poison",
 }
 
 
