@@ -16,7 +16,6 @@ FACES = (".cli", ".ui")
 # Modules whose docstrings are not yet in the numpy style (issue 17, item 3: left open).
 NOT_YET = {
     "workbench.data", "workbench.training", "workbench.saliency.explain", "defenses.detectors",
-    "workbench.audit.data",
 }
 
 
