@@ -39,6 +39,28 @@ MAD_CONSISTENCY = 1.4826  # MAD → standard deviation for normal data
 
 @dataclass
 class ReversedTrigger:
+    """The trigger reverse-engineered for one class (the smallest mask found that reaches the success threshold).
+
+    Parameters
+    ----------
+    target : int
+        The class the trigger sends images to.
+    mask : torch.Tensor
+        H×W, values in [0, 1]: how much of the pattern replaces each pixel.
+    pattern : torch.Tensor
+        C×H×W, values in [0, 1].
+    l1 : float
+        The mask's L1 norm (its sum), the figure compared across classes.
+    success : float
+        Share of the clean set sent to ``target`` by this trigger, in [0, 1] (below the success
+        threshold when no step reached it; then ``l1`` is an upper bound).
+
+    Returns
+    -------
+    A ReversedTrigger (dataclass)
+        Returned by :func:`reverse_trigger`; one per class in :attr:`NeuralCleanseResult.triggers`.
+    """
+
     target: int
     mask: torch.Tensor  # H×W in [0, 1]
     pattern: torch.Tensor  # C×H×W in [0, 1]
@@ -48,6 +70,32 @@ class ReversedTrigger:
 
 @dataclass
 class NeuralCleanseResult:
+    """Neural Cleanse over the classes: each class's trigger, the anomaly indices and the flagged classes.
+
+    Parameters
+    ----------
+    triggers : list of ReversedTrigger
+        One per class scanned, in the order scanned.
+    l1_norms : numpy.ndarray
+        Shape (classes scanned,): each trigger's mask L1 norm.
+    anomaly_index : numpy.ndarray
+        Same shape; signed (:func:`anomaly_indices`): positive when the norm is below the median.
+    flagged : list of int
+        Classes with a norm below the median and an anomaly index above ``threshold``, smallest norm first.
+    threshold : float
+        The anomaly index threshold used (2 in the paper).
+    seconds : float
+        Wall time of the scan.
+    params : dict, default {}
+        The settings it ran with (``n_images``, ``steps``, ``batch_size``, ``lr``, ``init_cost``,
+        ``patience``, ``seed``).
+
+    Returns
+    -------
+    A NeuralCleanseResult (dataclass)
+        Returned by :func:`neural_cleanse`.
+    """
+
     triggers: list[ReversedTrigger]
     l1_norms: np.ndarray  # per class
     anomaly_index: np.ndarray  # per class, signed: > 0 when the norm is below the median
@@ -58,12 +106,38 @@ class NeuralCleanseResult:
 
     @property
     def max_anomaly_index(self) -> float:
+        """The largest anomaly index over the classes.
+
+        Parameters: none
+
+        Returns
+        -------
+        float
+            Above ``threshold`` when some class is flagged.
+        """
         return float(np.max(self.anomaly_index))
 
 
 def anomaly_indices(l1_norms) -> np.ndarray:
     """(median − L1) / (1.4826·MAD) per class: the reference's index, signed so that suspiciously
-    *small* triggers are positive (only those can be flagged)."""
+    *small* triggers are positive (only those can be flagged).
+
+    Parameters
+    ----------
+    l1_norms : array_like
+        One mask L1 norm per class.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, same length: ``(median − L1) / (1.4826 · MAD)`` (MAD floored at 1e-12, so equal norms
+        give 0).
+
+    Examples
+    --------
+    >>> anomaly_indices([40.0, 42.0, 38.0, 41.0, 39.0, 5.0]).round(2)
+    array([-0.22, -1.12,  0.67, -0.67,  0.22, 15.51])
+    """
     x = np.asarray(l1_norms, dtype=np.float64)
     med = np.median(x)
     mad = MAD_CONSISTENCY * np.median(np.abs(x - med))
@@ -71,6 +145,25 @@ def anomaly_indices(l1_norms) -> np.ndarray:
 
 
 def flag_classes(l1_norms, threshold: float = 2.0) -> list[int]:
+    """The classes whose trigger is anomalously small: signed anomaly index above ``threshold``.
+
+    Parameters
+    ----------
+    l1_norms : array_like
+        One mask L1 norm per class.
+    threshold : float, default 2.0
+        Anomaly index above which a class is flagged (2 in the paper).
+
+    Returns
+    -------
+    list of int
+        Positions in ``l1_norms`` of the flagged classes, smallest norm first.
+
+    Examples
+    --------
+    >>> flag_classes([40.0, 42.0, 38.0, 41.0, 39.0, 5.0])
+    [5]
+    """
     idx = anomaly_indices(l1_norms)
     hits = [int(c) for c in np.flatnonzero(idx > threshold)]
     return sorted(hits, key=lambda c: l1_norms[c])
@@ -80,7 +173,44 @@ def reverse_trigger(model: nn.Module, images: torch.Tensor, target: int, *, step
                     batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                     success_threshold: float = 0.99, patience: int = 3, cost_multiplier: float = 2.0,
                     seed: int = 0) -> ReversedTrigger:
-    """The smallest mask and pattern sending ``images`` (N×C×H×W in [0, 1]) to class ``target``."""
+    """The smallest mask and pattern sending ``images`` (N×C×H×W in [0, 1]) to class ``target``.
+
+    Minimises CE(f((1 − m)·x + m·p), target) + λ·|m|₁ with m and p in tanh space, Adam β = (0.5, 0.9)
+    and the reference's cost schedule for λ (see the module docstring). The model's parameters are
+    frozen during the search and unfrozen afterwards.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier, in eval mode, taking images in [0, 1].
+    images : torch.Tensor
+        N×C×H×W clean images in [0, 1].
+    target : int
+        The class to reverse-engineer a trigger for.
+    steps : int, default 30
+        Passes over ``images``.
+    batch_size : int, default 32
+        Images per optimisation step.
+    lr : float, default 0.1
+        Adam learning rate of mask and pattern.
+    init_cost : float, default 1e-3
+        λ once the attack first succeeds for ``patience`` passes (λ is 0 before).
+    success_threshold : float, default 0.99
+        Share of images sent to ``target`` that counts as success.
+    patience : int, default 3
+        Passes of success (failure) before λ is multiplied (divided).
+    cost_multiplier : float, default 2.0
+        λ is multiplied by this after ``patience`` successes, divided by its 1.5th power after
+        ``patience`` failures.
+    seed : int, default 0
+        Seeds the initialisation and the batch order (with ``target``).
+
+    Returns
+    -------
+    ReversedTrigger
+        The smallest-L1 trigger among the passes that reached ``success_threshold``; the last one when
+        none did.
+    """
     dev = model_device(model)
     gen = torch.Generator().manual_seed(seed * 1009 + target)
     n, c, h, w = images.shape
@@ -147,7 +277,47 @@ def neural_cleanse(model: nn.Module, clean: ImageDataset, *, n_images: int = 300
                    patience: int = 3, seed: int = 0, classes: list[int] | None = None,
                    progress: Progress | None = None) -> NeuralCleanseResult:
     """Reverse-engineer a trigger for every class from ``n_images`` of ``clean`` and flag the classes
-    whose trigger is anomalously small (anomaly index > ``threshold``)."""
+    whose trigger is anomalously small (anomaly index > ``threshold``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (anything :func:`workbench.adapter.as_model` takes); put in eval mode during the
+        scan and restored afterwards.
+    clean : ImageDataset
+        A clean set (anything :func:`workbench.data.as_dataset` takes) with at least 3 classes.
+    n_images : int, default 300
+        Clean images used (a seeded sample when ``clean`` is larger); ≥ 1.
+    steps : int, default 30
+        Passes over those images per class; ≥ 1.
+    threshold : float, default 2.0
+        Anomaly index above which a class is flagged, in (0, 100] (2 in the paper).
+    batch_size : int, default 32
+        Images per optimisation step.
+    lr : float, default 0.1
+        Adam learning rate of mask and pattern.
+    init_cost : float, default 1e-3
+        Initial weight λ of the mask's L1 norm (see :func:`reverse_trigger`).
+    patience : int, default 3
+        Passes before λ is changed.
+    seed : int, default 0
+        Seeds the sample and each class's search.
+    classes : list of int or None, default None
+        Classes to scan; None for all. The median test runs over the classes scanned.
+    progress : callable or None, default None
+        ``progress(fraction, message)`` after each class.
+
+    Returns
+    -------
+    NeuralCleanseResult
+        Every class's trigger, the anomaly indices and the flagged classes.
+
+    Raises
+    ------
+    BadInput
+        When ``threshold`` is outside (0, 100], ``steps`` or ``n_images`` is below 1, or the data has
+        fewer than 3 classes.
+    """
     check_in_range("threshold", float(threshold), 0.0, 100.0, low_open=True)
     require(steps >= 1, f"steps must be >= 1, got {steps}")
     require(n_images >= 1, f"n_images must be >= 1, got {n_images}")

@@ -17,9 +17,6 @@ FACES = (".cli", ".ui")
 NOT_YET = {
     "workbench.data", "workbench.training", "workbench.saliency.explain", "defenses.detectors",
     "workbench.backend", "workbench.sweep",
-    "defenses.neural_cleanse", "workbench.audit.accuracy", "workbench.audit.backdoor", "workbench.audit.base",
-    "workbench.audit.data", "workbench.audit.explanations", "workbench.audit.labels", "workbench.audit.poison",
-    "workbench.audit.robustness", "workbench.audit.run",
 }
 
 

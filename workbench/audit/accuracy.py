@@ -17,6 +17,29 @@ from .base import Check, Condition, Param, register
 
 @dataclass
 class AccuracyResult:
+    """What the accuracy check measured on the evaluation (held-out) set.
+
+    Parameters
+    ----------
+    accuracy : float
+        Share of the evaluation set classified correctly, in [0, 1].
+    per_class : list of float
+        Per class: recall (the diagonal of the confusion matrix over its row sum; 0 for an absent class).
+    confusion : numpy.ndarray
+        K×K counts, rows the true class, columns the predicted one.
+    n : int
+        Evaluation samples.
+    evaluated_on : str
+        Where the evaluation set came from (the given test set or the card's held-out split).
+    class_names : list of str
+        The K class names.
+
+    Returns
+    -------
+    An AccuracyResult (dataclass)
+        Returned by :meth:`AccuracyCheck.run`.
+    """
+
     accuracy: float
     per_class: list[float]
     confusion: np.ndarray
@@ -27,6 +50,20 @@ class AccuracyResult:
 
 @register
 class AccuracyCheck(Check):
+    """Held-out accuracy, per-class accuracy and the confusion matrix (check ``accuracy``).
+
+    Needs a model and a clean set. Conditions: ``accuracy`` fails below ``fail_below`` (0.5), warns
+    below ``warn_below`` (0.9); ``per-class accuracy`` warns when a class is below
+    ``class_warn_below`` (0.7), naming the worst.
+
+    Parameters: none
+
+    Returns
+    -------
+    An AccuracyCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"accuracy"``.
+    """
+
     name = "accuracy"
     title = "Held-out accuracy"
     needs = ("model", "clean")

@@ -16,6 +16,21 @@ from .base import Check, Condition, Param, register
 
 @register
 class BackdoorCheck(Check):
+    """Neural Cleanse over every class of the model (check ``backdoor``).
+
+    Needs a model and a clean set. Parameters: ``threshold`` (anomaly index, 2.0 as in the paper),
+    ``n_images`` (300 clean images), ``steps`` (30 passes per class), ``lr`` (0.1). Condition
+    ``trigger anomaly`` fails when a class is flagged, naming it as the likely backdoor target. The
+    result is a :class:`defenses.neural_cleanse.NeuralCleanseResult`.
+
+    Parameters: none
+
+    Returns
+    -------
+    A BackdoorCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"backdoor"``.
+    """
+
     name = "backdoor"
     title = "Backdoor in the model (Neural Cleanse)"
     needs = ("model", "clean")

@@ -19,13 +19,62 @@ from .base import Check, Condition, Param, register
 
 
 def image_hashes(images: torch.Tensor) -> list[str]:
-    """A hash of each image's 8-bit pixels (what a saved PNG would hold)."""
+    """A hash of each image's 8-bit pixels (what a saved PNG would hold).
+
+    Pixels are clamped to [0, 1] and rounded to 8 bits first, so images that differ by less than half
+    a grey level hash the same.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        N×C×H×W images in [0, 1] (on the CPU).
+
+    Returns
+    -------
+    list of str
+        N hexadecimal BLAKE2b digests (12 bytes, 24 characters).
+
+    Examples
+    --------
+    >>> h = image_hashes(torch.stack([torch.zeros(1, 4, 4), torch.full((1, 4, 4), 0.001), torch.ones(1, 4, 4)]))
+    >>> h[0] == h[1], h[0] == h[2], len(h[0])
+    (True, False, 24)
+    """
     u8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return [hashlib.blake2b(x.tobytes(), digest_size=12).hexdigest() for x in u8]
 
 
 @dataclass
 class DataResult:
+    """What the data check found in the training data.
+
+    Parameters
+    ----------
+    n : int
+        Training samples.
+    class_counts : list of int
+        Samples per class.
+    class_names : list of str
+        The class names.
+    imbalance : float
+        Smallest class count over the largest, in [0, 1].
+    exact_duplicates : numpy.ndarray
+        Indices whose 8-bit image repeats an earlier one (:func:`image_hashes`).
+    constant : numpy.ndarray
+        Indices of images holding a single pixel value.
+    test_overlap : numpy.ndarray
+        Training indices whose image is also in the test set (empty without one).
+    near_duplicates : numpy.ndarray or None
+        Indices in a near-duplicate set in feature space (cleanlab Datalab's rule); None without a model.
+    outliers : numpy.ndarray or None
+        Indices of outliers in feature space; None without a model.
+
+    Returns
+    -------
+    A DataResult (dataclass)
+        Returned by :meth:`DataCheck.run`.
+    """
+
     n: int
     class_counts: list[int]
     class_names: list[str]
@@ -38,11 +87,38 @@ class DataResult:
 
     @property
     def duplicate_share(self) -> float:
+        """Share of the training samples that repeat an earlier image.
+
+        Parameters: none
+
+        Returns
+        -------
+        float
+            ``len(exact_duplicates) / n``, in [0, 1) (0 for an empty set).
+        """
         return len(self.exact_duplicates) / max(self.n, 1)
 
 
 @register
 class DataCheck(Check):
+    """Duplicates, train/test overlap, outliers, class imbalance and constant images (check ``data``).
+
+    Needs the training data; near duplicates and outliers also need a model. Conditions warn when
+    exact duplicates exceed ``duplicate_warn_above`` (0.01), near duplicates
+    ``near_duplicate_warn_above`` (0.05), outliers ``outlier_warn_above`` (0.05), when any image is
+    constant, or when the smallest/largest class count is below ``imbalance_warn_below`` (0.2);
+    ``train/test overlap`` fails when the overlapping training images over the training set's size
+    exceed ``test_overlap_fail_above`` (0).
+    Contributes ``exact_duplicate`` and ``outlier`` to the suspects.
+
+    Parameters: none
+
+    Returns
+    -------
+    A DataCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"data"``.
+    """
+
     name = "data"
     title = "Data quality"
     needs = ("train",)

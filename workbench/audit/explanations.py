@@ -15,6 +15,27 @@ from .base import Check, Condition, Param, register
 
 @dataclass
 class ExplanationResult:
+    """The cascading model-randomization check of one saliency method at one layer.
+
+    Parameters
+    ----------
+    method : str
+        The saliency method's name (``"gradcam"``, ``"eigencam"``, ...).
+    layer : str
+        The layer explained.
+    randomized : list of str
+        The layers re-drawn, top down; entry k means layers[0..k] were randomized.
+    rho : list of float
+        Same length: mean Spearman ρ between the original and the randomized model's maps, in [-1, 1].
+    n_images : int
+        Images explained.
+
+    Returns
+    -------
+    An ExplanationResult (dataclass)
+        Returned by :meth:`ExplanationsCheck.run`.
+    """
+
     method: str
     layer: str
     randomized: list[str]
@@ -23,11 +44,40 @@ class ExplanationResult:
 
     @property
     def final_rho(self) -> float:
+        """Mean Spearman ρ after every layer has been randomized.
+
+        Parameters: none
+
+        Returns
+        -------
+        float
+            The last entry of ``rho``; NaN when no layer was randomized.
+
+        Examples
+        --------
+        >>> ExplanationResult("gradcam", "conv2", ["fc", "conv2"], [0.6, 0.1], 16).final_rho
+        0.1
+        """
         return float(self.rho[-1]) if self.rho else float("nan")
 
 
 @register
 class ExplanationsCheck(Check):
+    """Saliency sanity check by cascading model randomization (check ``explanations``).
+
+    Needs a model and a clean set; explains ``n_images`` (16) held-out images with ``method``
+    (``"gradcam"``) at ``layer`` (empty: the model's default CAM layer). Condition ``model
+    randomization`` warns when the mean Spearman ρ after full randomization is above ``warn_above``
+    (0.5) or not finite.
+
+    Parameters: none
+
+    Returns
+    -------
+    An ExplanationsCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"explanations"``.
+    """
+
     name = "explanations"
     title = "Saliency sanity (model randomization)"
     needs = ("model", "clean")

@@ -12,6 +12,21 @@ from .base import Check, Condition, Param, register
 
 @register
 class LabelsCheck(Check):
+    """Confident-learning label audit on the shared out-of-sample probabilities (check ``labels``).
+
+    Needs a model and the training data. Conditions: ``error rate`` fails above ``fail_above``
+    (0.05) and warns above ``warn_above`` (0.02) of estimated label errors; ``trust`` warns when the
+    out-of-sample accuracy is below ``min_accuracy`` (0.8), since the flags then mix model errors
+    with label errors. Contributes ``suggested``, ``label_score`` and ``label_issue`` to the suspects.
+
+    Parameters: none
+
+    Returns
+    -------
+    A LabelsCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"labels"``.
+    """
+
     name = "labels"
     title = "Label errors (confident learning)"
     needs = ("model", "train")

@@ -36,6 +36,44 @@ MAD_CONSISTENCY = 1.4826
 
 @dataclass
 class PoisonResult:
+    """Per class and per sample evidence of poisoning, and the classes the decision rule flags.
+
+    Parameters
+    ----------
+    class_names : list of str
+        The K class names.
+    small_share : list of float
+        Per class: activation clustering's share of the class in its smaller cluster, in [0, 0.5].
+    silhouette : list of float
+        Per class: silhouette score of the 2-means clustering, in [-1, 1].
+    spread : list of float
+        Per class: top singular value of the centred features over √(class size).
+    spread_z : list of float
+        Per class: robust z-score of ``spread`` among the classes (:func:`robust_z`).
+    spectral_max : list of float
+        Per class: spectral signatures' largest normalised outlier score.
+    flagged : list of int
+        Classes judged "poison likely" (small cluster share ≤ ``size_threshold`` and spread z >
+        ``z_threshold``).
+    poison_score : numpy.ndarray
+        Shape (N,): activation clustering's score per sample (≥ 2 in the small cluster of a suspected class).
+    spectral_score : numpy.ndarray
+        Shape (N,): spectral signatures' score per sample.
+    likely_poison : numpy.ndarray
+        Shape (N,), bool: in the small cluster of a flagged class.
+    in_flagged_class : numpy.ndarray
+        Shape (N,), bool: labelled with a flagged class.
+    z_threshold : float
+        The spread z threshold used.
+    size_threshold : float
+        The relative-size threshold used.
+
+    Returns
+    -------
+    A PoisonResult (dataclass)
+        Returned by :meth:`PoisonCheck.run`.
+    """
+
     class_names: list[str]
     small_share: list[float]  # AC: share of the class in its smaller cluster
     silhouette: list[float]
@@ -52,6 +90,23 @@ class PoisonResult:
 
 
 def robust_z(values) -> np.ndarray:
+    """Modified z-scores (Iglewicz & Hoaglin): distance from the median in units of 1.4826·MAD.
+
+    Parameters
+    ----------
+    values : array_like
+        One value per class (any length ≥ 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, same length: ``(v − median) / (1.4826 · MAD)``, MAD floored at 1e-12 (equal values give 0).
+
+    Examples
+    --------
+    >>> robust_z([1.0, 1.1, 0.9, 1.0, 3.0]).round(2)
+    array([ 0.  ,  0.67, -0.67,  0.  , 13.49])
+    """
     x = np.asarray(values, dtype=np.float64)
     med = np.median(x)
     mad = MAD_CONSISTENCY * np.median(np.abs(x - med))
@@ -60,6 +115,21 @@ def robust_z(values) -> np.ndarray:
 
 @register
 class PoisonCheck(Check):
+    """Poisoned training samples by activation clustering and spectral signatures (check ``poison``).
+
+    Needs a model and the training data; runs both detectors on the shared feature pass and applies the
+    decision rule of the module docstring with ``z_threshold`` (3.5) and ``size_threshold`` (0.35).
+    Condition ``poisoned classes`` fails when a class is flagged. Contributes ``poison_score``,
+    ``spectral_score``, ``in_flagged_class`` and ``likely_poison`` to the suspects.
+
+    Parameters: none
+
+    Returns
+    -------
+    A PoisonCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"poison"``.
+    """
+
     name = "poison"
     title = "Poison in the training data"
     needs = ("model", "train")

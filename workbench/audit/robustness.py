@@ -11,6 +11,35 @@ from .base import Check, Condition, Param, register
 
 @dataclass
 class RobustnessResult:
+    """Randomized-smoothing certification of held-out images at one σ.
+
+    Parameters
+    ----------
+    sigma : float
+        Gaussian noise standard deviation (pixels in [0, 1]).
+    radius : float
+        L2 radius at which certified accuracy is reported.
+    n : int
+        Images certified.
+    certified_accuracy : float
+        Share certified correct at ``radius``, in [0, 1].
+    smoothed_accuracy : float
+        Smoothed classifier's accuracy at radius 0 (abstentions count as errors).
+    abstain_rate : float
+        Share of images on which the smoothed classifier abstains.
+    base_accuracy : float
+        The base model's accuracy on the same images without noise.
+    noise_trained : bool or None
+        Whether the card records training with Gaussian noise; None without provenance.
+    seconds : float
+        Wall time of the certification.
+
+    Returns
+    -------
+    A RobustnessResult (dataclass)
+        Returned by :meth:`RobustnessCheck.run`.
+    """
+
     sigma: float
     radius: float
     n: int
@@ -24,6 +53,22 @@ class RobustnessResult:
 
 @register
 class RobustnessCheck(Check):
+    """Certified accuracy and abstain rate of the smoothed model on held-out data (check ``robustness``).
+
+    Needs a model and a clean set; certifies ``n_images`` (100) seeded held-out images with
+    ``n0`` (20) selection and ``n`` (200) estimation noise samples at failure probability ``alpha``
+    (0.001). Conditions: ``certified accuracy`` at ``radius`` (0.25) fails below ``fail_below`` (0:
+    never); ``abstain rate`` warns above ``abstain_warn_above`` (0.5), with a hint to train with noise
+    when the card does not record it.
+
+    Parameters: none
+
+    Returns
+    -------
+    A RobustnessCheck
+        Registered in :data:`workbench.audit.base.CHECKS` as ``"robustness"``.
+    """
+
     name = "robustness"
     title = "Certified robustness (randomized smoothing)"
     needs = ("model", "clean")

@@ -25,13 +25,44 @@ SALIENCY_SUSPECTS = 64  # suspects whose saliency map is computed and compared w
 
 @dataclass
 class Suspects:
-    """Per training sample evidence from every check that has some, joined on the index."""
+    """Per training sample evidence from every check that has some, joined on the index.
+
+    Parameters
+    ----------
+    columns : dict of str to numpy.ndarray
+        Column name → array of length N (the training set's size): ``given`` (label), the checks'
+        columns (:meth:`workbench.audit.base.Check.suspects`, e.g. ``suggested``, ``label_score``,
+        ``poison_score``, ``likely_poison``), ``verdict`` (``"label error"``, ``"likely poison"``,
+        ``"both"`` or ``""``) and, with a model and a flagged class, ``saliency_on_trigger``.
+    order : numpy.ndarray
+        Indices of the samples with a verdict, most suspicious first ("both", then likely poison by
+        decreasing poison score, then label errors by increasing label score).
+    class_names : list of str
+        The training set's class names.
+
+    Returns
+    -------
+    A Suspects (dataclass)
+        Made by :func:`join_suspects`; rows with :meth:`rows`, a CSV with :meth:`csv`.
+    """
 
     columns: dict[str, np.ndarray]
     order: np.ndarray  # indices, most suspicious first (only samples with a verdict)
     class_names: list[str]
 
     def rows(self, limit: int | None = None) -> list[dict]:
+        """The suspects as records, most suspicious first.
+
+        Parameters
+        ----------
+        limit : int or None, default None
+            At most this many rows; None for all of :attr:`order`.
+
+        Returns
+        -------
+        list of dict
+            One dict per suspect: ``index`` then every column's value (numpy scalars as Python ones).
+        """
         idx = self.order if limit is None else self.order[:limit]
         out = []
         for i in idx:
@@ -43,6 +74,16 @@ class Suspects:
         return out
 
     def csv(self) -> str:
+        """Every suspect as CSV text (what ``suspects.csv`` holds).
+
+        Parameters: none
+
+        Returns
+        -------
+        str
+            A header row (``index`` and the column names), then one row per suspect; floats with 6
+            significant digits.
+        """
         buf = io.StringIO()
         w = csv.writer(buf)
         keys = ["index", *self.columns]
@@ -80,7 +121,25 @@ def _saliency_on_trigger(model, ds: ImageDataset, outcomes: list[CheckOutcome], 
 def join_suspects(ds: ImageDataset, outcomes: list[CheckOutcome], model=None) -> Suspects | None:
     """One table over the training data: given label, suggested label, label-issue score, poison score,
     membership of a flagged class, whether a likely-poisoned sample's saliency peaks on the trigger the
-    backdoor scan recovered (with ``model``), and a verdict (label error / likely poison / both)."""
+    backdoor scan recovered (with ``model``), and a verdict (label error / likely poison / both).
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The training data the checks ran on (N samples).
+    outcomes : list of CheckOutcome
+        The audit's outcomes; those with a result contribute their
+        :meth:`~workbench.audit.base.Check.suspects` columns.
+    model : nn.Module or None, default None
+        With it, Grad-CAM maps (default layer, given label) of up to 64 likely-poisoned samples per
+        class flagged by the backdoor check are compared with the recovered trigger mask (where the
+        mask is at least half its maximum).
+
+    Returns
+    -------
+    Suspects or None
+        None when no check contributed a column.
+    """
     n = len(ds)
     cols: dict[str, np.ndarray] = {"given": ds.labels.numpy().astype(int)}
     for o in outcomes:
@@ -108,7 +167,31 @@ def join_suspects(ds: ImageDataset, outcomes: list[CheckOutcome], model=None) ->
 
 @dataclass
 class AuditReport:
-    """Every check's verdict, conditions and result, and the suspects table."""
+    """Every check's verdict, conditions and result, and the suspects table.
+
+    Parameters
+    ----------
+    verdict : str
+        The worst verdict over the checks that ran (``"pass"``, ``"warn"`` or ``"fail"``).
+    outcomes : list of CheckOutcome
+        One per check that ran, in the order run.
+    skipped : dict of str to str
+        Check name → why it did not run (an unmet need).
+    suspects : Suspects or None
+        The per-sample evidence joined over the checks (:func:`join_suspects`); None without training data.
+    data : str
+        The data's name.
+    model : str
+        Where the model came from (its source, or its class name).
+    seconds : float
+        Wall time of the whole audit.
+
+    Returns
+    -------
+    An AuditReport (dataclass)
+        Returned by :func:`audit`; :func:`workbench.report.write_report` renders its
+        :meth:`report_sections`.
+    """
 
     verdict: str  # worst over the checks that ran
     outcomes: list[CheckOutcome]
@@ -121,16 +204,51 @@ class AuditReport:
 
     @property
     def failing(self) -> list[tuple[str, Condition]]:
+        """Every failing condition with its check's name.
+
+        Parameters: none
+
+        Returns
+        -------
+        list of (str, Condition)
+            Check name and condition, for each condition whose verdict is ``"fail"``.
+        """
         return [(o.check, c) for o in self.outcomes for c in o.failing]
 
     def outcome(self, name: str) -> CheckOutcome:
+        """The outcome of the check called ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A check that ran.
+
+        Returns
+        -------
+        CheckOutcome
+            Its outcome.
+
+        Raises
+        ------
+        KeyError
+            When no check of that name ran.
+        """
         for o in self.outcomes:
             if o.check == name:
                 return o
         raise KeyError(name)
 
     def summary(self) -> dict:
-        """The machine-readable summary (what ``--json`` prints)."""
+        """The machine-readable summary (what ``--json`` prints).
+
+        Parameters: none
+
+        Returns
+        -------
+        dict
+            ``verdict``, ``data``, ``model``, ``seconds``, ``checks`` (per check: verdict, key figure,
+            seconds, params, conditions), ``skipped`` and ``suspects`` (their count); JSON-serialisable.
+        """
         return {"verdict": self.verdict, "data": self.data, "model": self.model, "seconds": round(self.seconds, 2),
                 "checks": [{"check": o.check, "verdict": o.verdict, "key_figure": o.key_figure,
                             "seconds": round(o.seconds, 2), "params": o.params,
@@ -140,6 +258,16 @@ class AuditReport:
                 "suspects": 0 if self.suspects is None else len(self.suspects.order)}
 
     def verdict_rows(self) -> list[list]:
+        """The verdict table: one row per check that ran, then one per skipped check.
+
+        Parameters: none
+
+        Returns
+        -------
+        list of list
+            ``[check, verdict, key figure, reason]``; the reason joins the conditions that gave the
+            check's verdict (a skipped check's reason is why it was skipped).
+        """
         rows = []
         for o in self.outcomes:
             shown = [c for c in o.conditions if c.verdict == o.verdict] or o.conditions
@@ -148,6 +276,16 @@ class AuditReport:
         return rows
 
     def report_sections(self):
+        """The HTML report's sections: verdicts, each check's conditions and sections, the suspects.
+
+        Parameters: none
+
+        Returns
+        -------
+        list
+            :mod:`workbench.report` sections (``Table``, ``Text``, the checks' sections and, when there
+            are suspects, their top 50 as a table and the top 32 as thumbnails).
+        """
         secs: list = [Table(f"Verdicts: {self.verdict}", ["check", "verdict", "key figure", "reason"],
                             self.verdict_rows(), note=f"{self.model} on {self.data}, {self.seconds:.1f} s")]
         for o in self.outcomes:
@@ -180,6 +318,41 @@ def audit(model, data, checks: str | list[str] | None = None, config: dict | Non
     (``{"poison": {"max_false_alarm": 0.01}}``); unknown checks or parameters and values outside their
     range raise :class:`BadInput` before any work, as does an explicitly named check whose needs are
     not met (an unnamed one is skipped, with the reason in ``skipped``).
+
+    Parameters
+    ----------
+    model : LoadedModel, nn.Module, callable or None
+        The model under audit; a :class:`workbench.models.LoadedModel` is bound to the data's shape and
+        classes and its card's provenance is used when ``provenance`` is None.
+    data : dataset spec, ImageDataset, tensors or None
+        The model's training data (anything :func:`workbench.data.as_dataset` takes).
+    checks : str, list of str or None, default None
+        Check names (a comma-separated string or a list); None runs every registered check whose
+        needs are met.
+    config : dict or None, default None
+        Check name → parameter overrides.
+    test : dataset or None, default None
+        A held-out test set (the clean set for ``accuracy``, ``backdoor``, ``robustness``,
+        ``explanations``).
+    provenance : dict or None, default None
+        Training provenance (gives the held-out split of ``data`` when ``test`` is None).
+    seed : int, default 0
+        Seed for every random choice of the checks.
+    device : str, default "cpu"
+        Torch device.
+    progress : callable or None, default None
+        ``progress(check, fraction, message)``, called as each check advances.
+
+    Returns
+    -------
+    AuditReport
+        The overall verdict, each check's outcome, the skipped checks and the suspects table.
+
+    Raises
+    ------
+    BadInput
+        When a check name, config key or parameter value is invalid, a named check's needs are not
+        met, no check can run at all, or the training and test images differ in shape.
     """
     from ..adapter import as_model
     from ..models import LoadedModel
