@@ -190,9 +190,12 @@ def test_interrupted_train_leaves_the_previous_run_or_the_new_one_whole(point, s
     marker = tmp_path / "paused"
     env = {**os.environ, "PAUSE_AT": point, "MARKER": str(marker), "PYTHONPATH": str(ROOT),
            "OMP_NUM_THREADS": "1"}
+    # SIGINT's default disposition in the child whatever the test process inherited (an ignored SIGINT
+    # would be inherited too, and Python then installs no KeyboardInterrupt handler)
     proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, "-q", "train", "--data", "digits", "--epochs", "1",
                              "--seed", "7", "--out", str(out)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()

@@ -32,6 +32,7 @@ from defenses.nab import (
 )
 from workbench.data import ImageDataset, train_test_split
 from workbench.errors import BadInput
+from workbench.layers import default_feature_layer
 from workbench.training import train_on_split
 
 
@@ -165,9 +166,11 @@ def test_isolation_ratio_out_of_range(ratio, digits):
 
 
 def test_detector_needs_a_feature_layer(digits):
-    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # declares no penultimate feature layer
-    with pytest.raises(BadInput, match="feature layer"):
-        spectral_detect(plain, digits)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # declares no feature layer: its head's input is used
+    assert default_feature_layer(plain, (1, 8, 8)) == "1:input"
+    no_head = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())  # no Linear and nothing declared
+    with pytest.raises(BadInput, match="no nn.Linear classifier layer and declares no feature layer"):
+        spectral_detect(no_head, digits)
     with pytest.raises(BadInput, match="unknown layer 'relu9'"):
         activation_clustering_detect(plain, digits, layer="relu9")
     with pytest.raises(BadInput, match="needs a model"):
