@@ -510,8 +510,11 @@ def test_cli_batched_labels_only_in_bounded_memory(tmp_path):
 
     lab, pp = _synthetic_files(tmp_path, 200_000, seed=1)
     out = tmp_path / "audit"
-    code = ("import resource, sys; from workbench.cli import main; c = main(sys.argv[1:]); "
-            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(c)")
+    # VmHWM is this process's own peak: ru_maxrss would also count the pytest parent's peak, which
+    # Linux carries across fork and exec
+    code = ("import re, sys; from workbench.cli import main; c = main(sys.argv[1:]); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+            "print('PEAK_KB', hwm, file=sys.stderr); sys.exit(c)")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run([sys.executable, "-c", code, "-q", "audit", "labels", "--labels", str(lab), "--pred-probs",
                            str(pp), "--batched", "--batch-size", "50000", "--out", str(out)], env=env,
