@@ -86,8 +86,10 @@ def test_a_user_uploads_data_and_a_transformers_model_and_explains_it(tmp_path):
     with streamlit_server() as url, browser_page() as page:
         page.goto(url, wait_until="domcontentloaded")
         choose(page, "Dataset", "upload .npz")
-        page.get_by_test_id("stFileUploader").first.locator("input[type=file]").set_input_files(str(npz))
-        page.get_by_text(f"mine.npz: {len(mine)} images").wait_for(timeout=120_000)
+        uploader = page.get_by_test_id("stFileUploader").filter(has_text="An .npz with arrays")
+        uploader.wait_for(timeout=120_000)  # the rerun after the choice has drawn the uploader
+        uploader.locator("input[type=file]").set_input_files(str(npz))
+        page.get_by_text(f"mine.npz: {len(mine)} images").wait_for(timeout=300_000)
         page.get_by_role("tab", name="Upload a model").click()
         page.get_by_text("Uploads up to 128 MB each").first.wait_for(timeout=60_000)
         # TorchScript: refused while the trust switch is off
