@@ -23,6 +23,7 @@ spatial layer whose map is not identically zero for the predicted class, and the
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -322,6 +323,23 @@ def _probe_device(model) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+@contextmanager
+def _every_layer_hooked(root: nn.Module, hook):
+    """Forward-hook every named submodule of ``root`` with ``hook(module, inputs, output, name)`` and
+    put it in eval mode; on exit the hooks are removed and each module's train/eval flag restored."""
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n))
+               for n, m in root.named_modules() if n]
+    flags = [(m, m.training) for m in root.modules()]
+    try:
+        root.eval()
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, f in flags:
+            m.training = f
+
+
 def describe_layers(model, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     """Every named layer with its type, output shape (one forward on zeros) and parameter count.
 
@@ -354,27 +372,14 @@ def describe_layers(model, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     require_hooks(model)
     root = _root_or_error(model)
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    for name, mod in root.named_modules():
-        if not name:
-            continue
 
-        def hook(_m, _i, out, name=name):
-            t = first_tensor(out)
-            if t is not None:
-                shapes[name] = tuple(t.shape[1:])
+    def hook(_m, _i, out, name):
+        t = first_tensor(out)
+        if t is not None:
+            shapes[name] = tuple(t.shape[1:])
 
-        handles.append(mod.register_forward_hook(hook))
-    flags = [(m, m.training) for m in root.modules()]
-    try:
-        root.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=_probe_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, f in flags:
-            m.training = f
+    with _every_layer_hooked(root, hook), torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=_probe_device(model)))
     return [LayerInfo(n, type(m).__name__, shapes.get(n), sum(p.numel() for p in m.parameters(recurse=False)))
             for n, m in root.named_modules() if n]
 
@@ -637,18 +642,8 @@ def execution_order(model, input_shape: tuple[int, ...]) -> list[str]:
     require_hooks(model)
     root = _root_or_error(model)
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n))
-               for n, m in root.named_modules() if n]
-    flags = [(m, m.training) for m in root.modules()]
-    try:
-        root.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=_probe_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, f in flags:
-            m.training = f
+    with _every_layer_hooked(root, lambda _m, _i, _o, n: order.append(n)), torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=_probe_device(model)))
     return order
 
 
@@ -691,7 +686,6 @@ def default_cam_layer(model, input_shape: tuple[int, ...]) -> str:
     require_hooks(model)
     root = _root_or_error(model)
     hw = tuple(input_shape[-2:])
-    modules = dict(root.named_modules())
     outputs: dict[str, torch.Tensor] = {}
     layouts: dict[str, Layout] = {}
     order: list[str] = []
@@ -712,20 +706,14 @@ def default_cam_layer(model, input_shape: tuple[int, ...]) -> str:
         outputs[name], layouts[name] = t, lay
         order.append(name)
 
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)) for n, m in modules.items() if n]
-    flags = [(m, m.training) for m in root.modules()]
     try:
-        root.eval()
-        gen = torch.Generator().manual_seed(0)
-        x = torch.rand(2, *input_shape, generator=gen).to(_probe_device(model)).requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(x)
-            logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+        with _every_layer_hooked(root, hook):
+            gen = torch.Generator().manual_seed(0)
+            x = torch.rand(2, *input_shape, generator=gen).to(_probe_device(model)).requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(x)
+                logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
     finally:
-        for h in handles:
-            h.remove()
-        for m, f in flags:
-            m.training = f
         for p in root.parameters():
             p.grad = None
     for name in reversed(order):
