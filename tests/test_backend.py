@@ -24,6 +24,25 @@ def test_serial_units_come_back_in_order_and_a_failure_stops_nothing():
     assert res[1].error == "ZeroDivisionError: division by zero"
 
 
+def _threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_threads_hold_inside_a_serial_unit_and_the_callers_count_comes_back():
+    """A serial sweep with --threads 1 once left the whole process on one thread (the CNN bar test
+    that ran after it took twice as long)."""
+    import torch
+
+    torch.set_num_threads(2)
+    res = run_tasks(_threads, [{}, {}], threads=1)
+    assert [r.value for r in res] == [1, 1]
+    assert torch.get_num_threads() == 2
+    failing = run_tasks(_divide, [{"a": 1, "b": 0}], threads=1)
+    assert not failing[0].ok and torch.get_num_threads() == 2
+
+
 def test_asking_for_ray_without_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(BadInput) as err:

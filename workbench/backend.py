@@ -40,10 +40,14 @@ class TaskResult:
 
 
 def _call(fn: Callable, kwargs: dict, threads: int | None, index: int) -> TaskResult:
-    """Run one unit and catch its failure (inside the worker, so Ray never retries a failing unit)."""
-    if threads is not None:
-        import torch
+    """Run one unit and catch its failure (inside the worker, so Ray never retries a failing unit).
 
+    ``threads`` holds only for the unit: the caller's torch thread count comes back afterwards, so a
+    serial run (in the user's own process) leaves it as it found it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
@@ -52,6 +56,9 @@ def _call(fn: Callable, kwargs: dict, threads: int | None, index: int) -> TaskRe
         first = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
         return TaskResult(index, False, error=first, seconds=time.perf_counter() - t0,
                           value={"traceback": traceback.format_exc(limit=8)})
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def import_ray():
