@@ -84,6 +84,20 @@ def backdoored(digits):
     return run_backdoor_attack(digits, "badnets", 0.1, 0, seed=0, epochs=4, patch_size=2)
 
 
+def test_train_test_overlap_is_a_share_of_the_test_set(digits):
+    """5 of 20 test images are training images: 25% of the test set (5% of the training set, which
+    an earlier rule divided by, passing a 20% threshold it should fail)."""
+    train = digits.subset(range(100))
+    test = digits.subset(list(range(0, 5)) + list(range(200, 215)))
+    rep = audit(None, train, "data", {"data": {"test_overlap_fail_above": 0.2}}, test=test)
+    r = rep.outcome("data").result
+    assert (r.n_test, r.test_in_train) == (20, 5)
+    assert list(r.test_overlap) == [0, 1, 2, 3, 4]
+    cond = {c.name: c for c in rep.outcome("data").conditions}["train/test overlap"]
+    assert cond.verdict == "fail"
+    assert cond.reason == "5 of 20 (25.0%) test images also appear in the training set."
+
+
 def test_backdoor_scan_flags_the_target_class_alone(backdoored):
     from defenses.neural_cleanse import neural_cleanse
 

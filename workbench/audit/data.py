@@ -68,6 +68,10 @@ class DataResult:
         Indices in a near-duplicate set in feature space (cleanlab Datalab's rule); None without a model.
     outliers : numpy.ndarray or None
         Indices of outliers in feature space; None without a model.
+    n_test : int, default 0
+        Size of the test set (0 without one).
+    test_in_train : int, default 0
+        Test images whose 8-bit image is also a training image (the overlap condition's numerator).
 
     Returns
     -------
@@ -84,6 +88,8 @@ class DataResult:
     test_overlap: np.ndarray  # training indices whose image is also in the test set
     near_duplicates: np.ndarray | None  # indices in a near-duplicate set (features), None without a model
     outliers: np.ndarray | None
+    n_test: int = 0
+    test_in_train: int = 0
 
     @property
     def duplicate_share(self) -> float:
@@ -107,8 +113,8 @@ class DataCheck(Check):
     exact duplicates exceed ``duplicate_warn_above`` (0.01), near duplicates
     ``near_duplicate_warn_above`` (0.05), outliers ``outlier_warn_above`` (0.05), when any image is
     constant, or when the smallest/largest class count is below ``imbalance_warn_below`` (0.2);
-    ``train/test overlap`` fails when the overlapping training images over the training set's size
-    exceed ``test_overlap_fail_above`` (0).
+    ``train/test overlap`` fails when the share of the test set whose image is also a training image
+    exceeds ``test_overlap_fail_above`` (0).
     Contributes ``exact_duplicate`` and ``outlier`` to the suspects.
 
     Parameters: none
@@ -144,9 +150,12 @@ class DataCheck(Check):
         flat = ds.images.flatten(1)
         constant = torch.nonzero(flat.amax(1) - flat.amin(1) <= 1e-6).flatten().numpy()
         overlap = np.array([], dtype=int)
+        n_test = test_in_train = 0
         if ctx.test is not None:
-            test_h = set(image_hashes(ctx.test.images))
+            test_hashes = image_hashes(ctx.test.images)
+            test_h, train_h = set(test_hashes), set(hashes)
             overlap = np.array([i for i, h in enumerate(hashes) if h in test_h], dtype=int)
+            n_test, test_in_train = len(test_hashes), sum(h in train_h for h in test_hashes)
         near = out = None
         if ctx.model is not None:
             progress(0.5, "near duplicates and outliers on the features")
@@ -154,7 +163,7 @@ class DataCheck(Check):
             near, out = np.flatnonzero(issues.is_near_duplicate), np.flatnonzero(issues.is_outlier)
         counts = ds.class_counts()
         return DataResult(len(ds), counts, list(ds.class_names), min(counts) / max(max(counts), 1),
-                          np.asarray(dup, dtype=int), constant, overlap, near, out)
+                          np.asarray(dup, dtype=int), constant, overlap, near, out, n_test, test_in_train)
 
     def conditions(self, r, p):
         out = []
@@ -169,9 +178,10 @@ class DataCheck(Check):
         worst = int(np.argmin(r.class_counts))
         out.append(Condition("class balance", "warn" if r.imbalance < p["imbalance_warn_below"] else "pass",
                              f"smallest class {r.class_names[worst]} has {r.imbalance:.0%} of the largest's samples."))
-        ov = len(r.test_overlap)
-        out.append(Condition("train/test overlap", "fail" if ov / max(r.n, 1) > p["test_overlap_fail_above"] else "pass",
-                             f"{ov} training images also appear in the test set."))
+        ov = r.test_in_train
+        out.append(Condition("train/test overlap",
+                             "fail" if ov / max(r.n_test, 1) > p["test_overlap_fail_above"] else "pass",
+                             f"{share(ov, r.n_test)} test images also appear in the training set."))
         if r.near_duplicates is not None:
             k = len(r.near_duplicates)
             out.append(Condition("near duplicates", "warn" if k / r.n > p["near_duplicate_warn_above"] else "pass",

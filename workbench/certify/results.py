@@ -184,14 +184,26 @@ class CertificationResult:
         Returns
         -------
         dict
-            ``method``, ``n`` (inputs), ``accuracy``, ``base_accuracy``, ``abstain_rate``,
-            ``average_certified_radius``, ``seconds``, then the scalar ``params``, which are merged last
-            (so a parameter named ``n``, smoothing's sample count, takes the place of the input count).
+            ``method``, ``inputs`` (how many inputs were certified), ``accuracy``, ``base_accuracy``,
+            ``abstain_rate``, ``average_certified_radius``, ``seconds``, then the scalar ``params``
+            (smoothing's ``n`` is its Monte Carlo sample count, not the input count).
+
+        Examples
+        --------
+        >>> import torch
+        >>> r = CertificationResult("smoothing", "l2", torch.tensor([1, -1]), torch.tensor([0.5, 0.0]),
+        ...                         labels=torch.tensor([1, 0]), base_predictions=torch.tensor([1, 0]),
+        ...                         params={"sigma": 0.25, "n": 1000})
+        >>> s = r.summary()
+        >>> s["inputs"], s["n"], s["accuracy"], s["abstain_rate"]
+        (2, 1000, 0.5, 0.5)
         """
-        return {"method": self.method, "n": len(self), "accuracy": self.accuracy,
+        return {"method": self.method, "inputs": len(self), "accuracy": self.accuracy,
                 "base_accuracy": self.base_accuracy, "abstain_rate": self.abstain_rate,
                 "average_certified_radius": self.average_certified_radius, "seconds": round(self.seconds, 2),
-                **{k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool))}}
+                **{k: v for k, v in self.params.items() if isinstance(v, (int, float, str, bool))
+                   and k not in ("method", "inputs", "accuracy", "base_accuracy", "abstain_rate",
+                                 "average_certified_radius", "seconds")}}
 
     def report_sections(self):
         """The report's sections (see :func:`workbench.report.write_report`).
