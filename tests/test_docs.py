@@ -1,4 +1,6 @@
-"""The documentation's Python examples run as written (each block on its own, in a fresh namespace)."""
+"""The documentation's examples run as written: each page's Python blocks on their own, in a fresh
+namespace; each tutorial (docs/tutorials/) as one session, its Python blocks in one namespace and its
+bash blocks in one shell."""
 
 from __future__ import annotations
 
@@ -27,6 +29,65 @@ BLOCKS = [b for page in PAGES for b in _blocks(page) if not any(s in b[1] for s 
 def test_python_example_runs(block, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write runs/… write into a scratch folder
     exec(compile(block, "<docs>", "exec"), {"__name__": "__docs__"})  # noqa: S102 - our own documentation
+
+
+TUTORIALS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "tutorials").glob("*.md"))
+
+
+def _fenced(page: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / page).read_text(), re.S)
+
+
+def test_every_tutorial_block_is_run():
+    """A tutorial holds only blocks the tests below run: ``python`` (one session) and ``bash`` (one shell)."""
+    langs = {page: set(re.findall(r"^```(\S*)", (ROOT / page).read_text(), re.M)) - {""} for page in TUTORIALS}
+    assert {"docs/tutorials/app.md", "docs/tutorials/cli.md", "docs/tutorials/library.md"} <= set(TUTORIALS)
+    assert all(lang <= {"python", "bash"} for lang in langs.values()), langs
+
+
+@pytest.mark.parametrize("page", [p for p in TUTORIALS if _fenced(p, "python")])
+def test_tutorial_python_session(page, tmp_path, monkeypatch):
+    """A tutorial's Python blocks are one session: run in order in one namespace, in a scratch folder.
+    On one torch thread and one BLAS thread (restored after), as the shell session runs: the tiny
+    digits models run no slower on one, and a busy two-core machine runs them several times faster."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            ns = {"__name__": "__docs__"}
+            for i, code in enumerate(_fenced(page, "python")):
+                exec(compile(code, f"{page}#{i}", "exec"), ns)  # noqa: S102 - our own documentation
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("page", [p for p in TUTORIALS if _fenced(p, "bash")])
+def test_tutorial_shell_session(page, tmp_path):
+    """A tutorial's bash blocks run in order in one ``bash -e`` in a scratch folder, ``workbench`` being
+    this checkout's CLI run by this interpreter (``python -m workbench.cli``), on one thread."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("set -euo pipefail\nworkbench() { \"$WORKBENCH_PYTHON\" -m workbench.cli \"$@\"; }\n"
+              + "\n".join(_fenced(page, "bash")))
+    env = {**os.environ, "WORKBENCH_PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+
+
+def test_app_tutorial_follows_the_app():
+    """docs/tutorials/app.md has one numbered section per page of the app, in the app's order."""
+    from workbench.ui import PAGES
+
+    sections = re.findall(r"^## \d+\. (.+)$", (ROOT / "docs" / "tutorials" / "app.md").read_text(), re.M)
+    assert sections == [page.TITLE for page in PAGES]
 
 
 def test_docs_home_is_the_readme():
