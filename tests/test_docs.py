@@ -4,6 +4,7 @@ bash blocks in one shell."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -38,6 +39,22 @@ def _fenced(page: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", (ROOT / page).read_text(), re.S)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """One torch thread and one BLAS thread, restored after: the tiny digits models run no slower on
+    one, and a busy two-core machine runs them several times faster than on two."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_every_tutorial_block_is_run():
     """A tutorial holds only blocks the tests below run: ``python`` (one session) and ``bash`` (one shell)."""
     langs = {page: set(re.findall(r"^```(\S*)", (ROOT / page).read_text(), re.M)) - {""} for page in TUTORIALS}
@@ -47,22 +64,13 @@ def test_every_tutorial_block_is_run():
 
 @pytest.mark.parametrize("page", [p for p in TUTORIALS if _fenced(p, "python")])
 def test_tutorial_python_session(page, tmp_path, monkeypatch):
-    """A tutorial's Python blocks are one session: run in order in one namespace, in a scratch folder.
-    On one torch thread and one BLAS thread (restored after), as the shell session runs: the tiny
-    digits models run no slower on one, and a busy two-core machine runs them several times faster."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
+    """A tutorial's Python blocks are one session: run in order in one namespace, in a scratch folder,
+    on one thread as the shell session runs."""
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            ns = {"__name__": "__docs__"}
-            for i, code in enumerate(_fenced(page, "python")):
-                exec(compile(code, f"{page}#{i}", "exec"), ns)  # noqa: S102 - our own documentation
-    finally:
-        torch.set_num_threads(threads)
+    with _one_thread():
+        ns = {"__name__": "__docs__"}
+        for i, code in enumerate(_fenced(page, "python")):
+            exec(compile(code, f"{page}#{i}", "exec"), ns)  # noqa: S102 - our own documentation
 
 
 @pytest.mark.parametrize("page", [p for p in TUTORIALS if _fenced(p, "bash")])
@@ -88,6 +96,46 @@ def test_app_tutorial_follows_the_app():
 
     sections = re.findall(r"^## \d+\. (.+)$", (ROOT / "docs" / "tutorials" / "app.md").read_text(), re.M)
     assert sections == [page.TITLE for page in PAGES]
+
+
+def _figures_script():
+    """benchmarks/figures.py, the script that draws the docs' figures, as a module."""
+    import importlib.util
+    import sys
+
+    if "docs_figures" not in sys.modules:  # registered first: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location("docs_figures", ROOT / "benchmarks" / "figures.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["docs_figures"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["docs_figures"]
+
+
+def test_figures_are_committed_small_and_shown():
+    """The figures benchmarks/figures.py draws are committed, each under 200 KB, and shown by the page
+    of their capability and by every tutorial."""
+    figures = _figures_script()
+    pages = {"saliency": "docs/saliency.md", "certify": "docs/certifiers.md", "labels": "docs/label-audit.md"}
+    assert set(figures.FILES) == set(pages)
+    for key, name in figures.FILES.items():
+        path = ROOT / "docs" / "img" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 200_000, name
+        for page in [pages[key], *TUTORIALS]:
+            assert f"img/{name})" in (ROOT / page).read_text(), f"{page} does not show {name}"
+
+
+def test_figures_script_draws_every_figure(tmp_path):
+    """``benchmarks/figures.py --quick``: the same three figures from small runs (1 epoch, n = 100,
+    2 folds on 400 digits), each a PNG under 200 KB, from the runs asked for."""
+    figures = _figures_script()
+    with _one_thread():
+        numbers = figures.make_figures(tmp_path, figures.QUICK)
+    for name in figures.FILES.values():
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 200_000, name
+    assert numbers["labels"]["n"] == 400
+    assert list(numbers["certify"]) == ["plain CNN", "trained with noise σ = 0.25"]
+    assert numbers["saliency"]["layer"] == "relu4"
 
 
 def test_docs_home_is_the_readme():
