@@ -58,7 +58,9 @@ SETTINGS = {"asym10": ("asymmetric", 0.10), "sym10": ("symmetric", 0.10), "sym20
 FILTERS = ("prune_by_noise_rate", "both", "confident_learning", "paper", "predicted_neq_given")
 
 
-def gallery_png(ds, audit, path: Path, n: int = 24) -> None:
+def gallery_png(ds, audit, path: Path, n: int = 24, title: str | None = None) -> None:
+    """The top ``n`` ranked examples of a label audit as a PNG grid (given → suggested, p(suggested)),
+    also drawn for the docs by ``benchmarks/figures.py``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,15 +69,14 @@ def gallery_png(ds, audit, path: Path, n: int = 24) -> None:
     idx = audit.ranked[:n]
     cols = 8
     rows = (len(idx) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), layout="constrained")
     for ax, i in zip(axes.ravel(), idx, strict=False):
         ax.imshow(ds.images[i, 0].numpy(), cmap="gray_r", vmin=0, vmax=1)
         g, s = int(audit.labels[i]), int(audit.suggested[i])
         ax.set_title(f"#{i}\ngiven {g} → {s} ({audit.pred_probs[i, s]:.2f})", fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")
-    fig.suptitle(f"MNIST-10k: top {len(idx)} by {audit.rank_by} (given label → suggested, p(suggested))")
-    fig.tight_layout()
+    fig.suptitle(title or f"MNIST-10k: top {len(idx)} by {audit.rank_by} (given label → suggested, p(suggested))")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -72,7 +72,24 @@ METHOD_NAMES = {"lga": "loss-guided isolation (LGA)", "spectral": "spectral sign
 
 @dataclass
 class DetectionQuality:
-    """How well a flagged set matches the true poisoned samples."""
+    """How well a flagged set matches the true poisoned samples.
+
+    Parameters
+    ----------
+    precision : float
+        Share of flagged samples that are poisoned (0 when nothing is flagged).
+    recall : float
+        Share of poisoned samples that are flagged (NaN when none is poisoned).
+    auroc : float
+        Area under the ROC curve of the scores against the poisoned / clean truth (NaN when only one
+        kind exists).
+    n_flagged, n_poisoned, n_true_positives : int
+        Sizes of the flagged set, the poisoned set and their intersection.
+
+    Returns
+    -------
+    A DetectionQuality (dataclass)
+    """
 
     precision: float  # share of flagged samples that are poisoned
     recall: float  # share of poisoned samples that are flagged
@@ -84,7 +101,33 @@ class DetectionQuality:
 
 @dataclass
 class DetectionResult:
-    """Suspicion scores (higher = more suspicious) for every sample and the flagged set."""
+    """Suspicion scores (higher = more suspicious) for every sample and the flagged set.
+
+    Parameters
+    ----------
+    method : str
+        ``"lga"``, ``"spectral"`` or ``"ac"``.
+    scores : torch.Tensor
+        N float scores, one per sample of the dataset.
+    flagged : torch.Tensor
+        Indices into the dataset of the ``max(1, round(ratio·N))`` highest scores, most suspicious first.
+    ratio : float
+        The isolation ratio, in (0, 0.5].
+    seconds : float
+        Wall time of the detection.
+    params : dict, default {}
+        The detector's settings (layer, epochs, seed, ...).
+    details : dict, default {}
+        Method-specific findings (per class: top singular value, small-cluster share, silhouette,
+        suspected; LGA: final flooded loss).
+    quality : DetectionQuality, optional
+        Precision, recall and AUROC against the truth, when known (see :meth:`with_truth`).
+
+    Returns
+    -------
+    A DetectionResult (dataclass)
+        With :attr:`flagged_mask` and :meth:`with_truth`.
+    """
 
     method: str
     scores: torch.Tensor  # N float
@@ -97,18 +140,66 @@ class DetectionResult:
 
     @property
     def flagged_mask(self) -> torch.Tensor:
+        """Which samples are flagged.
+
+        Returns
+        -------
+        torch.Tensor
+            N booleans, True at the indices in :attr:`flagged`.
+        """
         mask = torch.zeros(len(self.scores), dtype=torch.bool)
         mask[self.flagged] = True
         return mask
 
     def with_truth(self, poisoned_indices) -> DetectionResult:
-        """This result with :attr:`quality` measured against the true poisoned indices."""
+        """This result, with :attr:`quality` measured against the true poisoned indices.
+
+        Parameters
+        ----------
+        poisoned_indices : sequence of int
+            Indices of the truly poisoned samples, in ``0..N-1``.
+
+        Returns
+        -------
+        DetectionResult
+            ``self`` (changed in place).
+
+        Raises
+        ------
+        BadInput
+            If an index is out of range.
+        """
         self.quality = detection_quality(self.scores, self.flagged, poisoned_indices)
         return self
 
 
 def check_ratio(ratio: float) -> float:
-    """The isolation ratio must lie in (0, 0.5]: isolating more than half the data makes no sense."""
+    """Check an isolation ratio: it must lie in (0, 0.5] (isolating more than half the data makes no sense).
+
+    Parameters
+    ----------
+    ratio : float or str
+        The ratio (anything ``float()`` reads).
+
+    Returns
+    -------
+    float
+        The ratio as a float.
+
+    Raises
+    ------
+    BadInput
+        If it is not a number or lies outside (0, 0.5].
+
+    Examples
+    --------
+    >>> check_ratio("0.05")
+    0.05
+    >>> check_ratio(0.6)
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: isolation ratio must be in (0.0, 0.5], got 0.6
+    """
     try:
         ratio = float(ratio)
     except (TypeError, ValueError):
@@ -117,7 +208,31 @@ def check_ratio(ratio: float) -> float:
 
 
 def flag_top(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Indices of the ``max(1, round(ratio·N))`` highest scores, highest first (ties: lower index first)."""
+    """Indices of the ``max(1, round(ratio·N))`` highest scores, highest first (ties: lower index first).
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        N scores.
+    ratio : float
+        The isolation ratio, in (0, 0.5].
+
+    Returns
+    -------
+    torch.Tensor
+        int64 indices into ``scores``.
+
+    Raises
+    ------
+    BadInput
+        If ``ratio`` is outside (0, 0.5].
+
+    Examples
+    --------
+    >>> import torch
+    >>> flag_top(torch.tensor([0.1, 0.9, 0.5, 0.9]), 0.5).tolist()
+    [1, 3]
+    """
     ratio = check_ratio(ratio)
     n = max(1, int(round(ratio * len(scores))))
     # stable descending sort: equal scores keep their index order, so the result is deterministic
@@ -126,7 +241,33 @@ def flag_top(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def detection_quality(scores: torch.Tensor, flagged: torch.Tensor, poisoned_indices) -> DetectionQuality:
-    """Precision and recall of ``flagged`` and AUROC of ``scores`` against the true poisoned indices."""
+    """Precision and recall of ``flagged``, and AUROC of ``scores``, against the true poisoned indices.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        N suspicion scores (higher = more suspicious).
+    flagged : sequence of int or torch.Tensor
+        Indices of the flagged samples.
+    poisoned_indices : sequence of int or torch.Tensor
+        Indices of the truly poisoned samples, in ``0..N-1`` (may be empty).
+
+    Returns
+    -------
+    DetectionQuality
+
+    Raises
+    ------
+    BadInput
+        If a poisoned index is out of range.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = detection_quality(torch.tensor([0.1, 0.9, 0.5, 0.8]), torch.tensor([1, 3]), [1, 2])
+    >>> q.precision, q.recall, q.auroc, q.n_true_positives
+    (0.5, 0.5, 0.75, 1)
+    """
     from sklearn.metrics import roc_auc_score
 
     n = len(scores)
@@ -144,7 +285,28 @@ def detection_quality(scores: torch.Tensor, flagged: torch.Tensor, poisoned_indi
 
 
 def flooded_loss(gamma: float = 0.5):
-    """ABL's flooded cross-entropy ``|CE − γ| + γ`` over a batch (Li et al. 2021, Eq. 4 with the sign flip)."""
+    """ABL's flooded cross-entropy ``|CE − γ| + γ`` over a batch (Li et al. 2021, Eq. 4 with the sign flip).
+
+    Below γ the gradient of the batch loss is reversed (gradient ascent), which keeps ordinary samples
+    near loss γ while easy-to-learn poisoned samples fall far below it.
+
+    Parameters
+    ----------
+    gamma : float, default 0.5
+        The flooding level γ.
+
+    Returns
+    -------
+    callable
+        ``loss_fn(logits, labels) -> scalar tensor``, for :func:`workbench.training.fit`'s ``loss_fn``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = flooded_loss(0.5)(torch.tensor([[4.0, 0.0]]), torch.tensor([0]))  # CE = 0.0181
+    >>> round(loss.item(), 4)
+    0.9819
+    """
 
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, labels)
@@ -156,6 +318,34 @@ def flooded_loss(gamma: float = 0.5):
 @torch.no_grad()
 def per_sample_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512,
                     device=None) -> torch.Tensor:
+    """The cross-entropy of each sample under ``model`` (eval mode, batched, no gradients).
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        Any model :func:`~workbench.adapter.as_model` takes.
+    images : torch.Tensor or ImageView
+        N×C×H×W images in [0, 1] (or ``ds.pixels``).
+    labels : torch.Tensor
+        N labels.
+    batch_size : int, default 512
+        Images per forward pass.
+    device : str, torch.device or None, default None
+        Where to run (default the model's device).
+
+    Returns
+    -------
+    torch.Tensor
+        N losses on the CPU.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> _ = torch.nn.init.zeros_(net[1].weight), torch.nn.init.zeros_(net[1].bias)
+    >>> [round(v, 4) for v in per_sample_loss(net, torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 1])).tolist()]
+    [0.6931, 0.6931, 0.6931]
+    """
     logits = predict_logits(model, images, batch_size=batch_size, device=device)
     return F.cross_entropy(logits, labels, reduction="none")
 
@@ -165,11 +355,54 @@ def lga_detect(data: ImageDataset, ratio: float = 0.05, *, gamma: float = 0.5, e
                progress: Progress | None = None) -> DetectionResult:
     """Loss-guided isolation (ABL's LGA stage): flooded-loss training, then the lowest-loss samples.
 
-    Trains a fresh model on ``data`` for ``epochs`` with the flooded loss (γ = ``gamma``), constant
-    learning rate ``lr`` and no augmentation, then scores each sample by −CE(model(x), y). ``arch``
-    is the architecture to train: a zoo name, a factory or transformers folder spec
-    (:func:`workbench.models.architecture`), a :class:`~workbench.models.LoadedModel` (a fresh copy of the
-    user's own architecture), or a callable ``seed -> untrained model``.
+    Trains a fresh model on ``data`` for ``epochs`` with the flooded loss (:func:`flooded_loss`),
+    AdamW at a constant learning rate ``lr`` and no augmentation, then scores each sample by
+    −CE(model(x), y): the poisoned samples, learnt first, score highest.
+
+    Parameters
+    ----------
+    data : ImageDataset or anything :func:`~workbench.data.as_dataset` takes
+        The suspected training set, labels as given.
+    ratio : float, default 0.05
+        Isolation ratio, in (0, 0.5].
+    gamma : float, default 0.5
+        Flooding level γ, in (0, 10].
+    epochs : int, default 2
+        Training epochs.
+    arch : str, LoadedModel or callable, default "cnn"
+        The architecture to train: a zoo name, a factory or transformers folder spec
+        (:func:`workbench.models.architecture`), a :class:`~workbench.models.LoadedModel` (a fresh
+        copy of the user's own architecture), or a callable ``seed -> untrained model``.
+    lr : float, default 1e-3
+        Learning rate.
+    batch_size : int, default 64
+        Training batch size.
+    seed : int, default 0
+        Seeds the initialisation and the shuffling.
+    device : str, default "cpu"
+        Where to train.
+    progress : callable, optional
+        ``progress(fraction, message)`` during training.
+
+    Returns
+    -------
+    DetectionResult
+        Method ``"lga"``; ``details`` holds the final flooded loss and the training time.
+
+    Raises
+    ------
+    BadInput
+        If ``ratio`` or ``gamma`` is out of range, the data is unusable, or the architecture unknown.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.data import ImageDataset
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ds = ImageDataset(torch.rand(20, 1, 8, 8, generator=g), torch.tensor([0] * 10 + [1] * 10), ["a", "b"], "toy")
+    >>> res = lga_detect(ds, 0.1, epochs=1)
+    >>> res.method, len(res.flagged), res.params["gamma"]
+    ('lga', 2, 0.5)
     """
     ratio = check_ratio(ratio)
     check_in_range("gamma", float(gamma), 0.0, 10.0, low_open=True)
@@ -198,9 +431,32 @@ PENULTIMATE = "penultimate"  # layer alias: the model's declared penultimate lay
 
 
 def head_input_layer(model: nn.Module) -> str:
-    """The name of the model's first fully connected layer (``nn.Linear``, in registration order),
-    whose *input* :data:`HEAD_INPUT` reads: the representation the classifier head sees (for the zoo
-    CNN the pooled conv features feeding ``fc1``; for the zoo ResNet the penultimate layer)."""
+    """The name of the model's first fully connected layer (``nn.Linear``, in registration order).
+
+    Its *input* is what :data:`HEAD_INPUT` reads: the representation the classifier head sees (for the
+    zoo CNN the pooled conv features feeding ``fc1``; for the zoo ResNet the penultimate layer).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (adapted or not).
+
+    Returns
+    -------
+    str
+        The layer's dotted name.
+
+    Raises
+    ------
+    BadInput
+        If the model has no ``nn.Linear`` layer.
+
+    Examples
+    --------
+    >>> from workbench.models import architecture
+    >>> head_input_layer(architecture("cnn", 1, 10, 28)), head_input_layer(architecture("resnet", 1, 10, 28))
+    ('fc1', 'fc')
+    """
     for name, mod in named_layers(model):
         if isinstance(mod, nn.Linear):
             return name
@@ -209,7 +465,34 @@ def head_input_layer(model: nn.Module) -> str:
 
 
 def head_inputs(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """The input of the model's first ``nn.Linear`` for every image (N×D, on the CPU)."""
+    """The input of the model's first ``nn.Linear`` (:func:`head_input_layer`) for every image.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model.
+    images : torch.Tensor or ImageView
+        N×C×H×W images in [0, 1] (or ``ds.pixels``, read per batch).
+    batch_size : int, default 512
+        Images per forward pass.
+
+    Returns
+    -------
+    torch.Tensor
+        N×D features on the CPU.
+
+    Raises
+    ------
+    BadInput
+        If the model has no ``nn.Linear`` layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.models import architecture
+    >>> head_inputs(architecture("cnn", 1, 10, 28), torch.zeros(3, 1, 28, 28)).shape
+    torch.Size([3, 576])
+    """
     return layer_outputs(model, images, head_input_layer(model), batch_size=batch_size, inputs=True)
 
 
@@ -243,8 +526,49 @@ def _given_features(features, n: int) -> torch.Tensor:
 
 def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *, layer: str | None = None,
                     features: torch.Tensor | np.ndarray | None = None) -> DetectionResult:
-    """Spectral signatures (Tran et al. 2018) on ``layer``'s features (default: the penultimate layer);
-    ``features`` (N×D, already computed at ``layer``) skips the feature pass."""
+    """Spectral signatures (Tran et al. 2018) on a layer's features, per given class.
+
+    Per class, the features are centred and projected on the top right singular vector; the
+    projections are centred at their median, squared and divided by the class's median score, and
+    samples are ranked across classes (see the module docstring for the differences from the paper).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model trained on ``data`` (its features are read at ``layer``).
+    data : ImageDataset or anything :func:`~workbench.data.as_dataset` takes
+        The suspected training set, labels as given.
+    ratio : float, default 0.05
+        Isolation ratio, in (0, 0.5].
+    layer : str, optional
+        The feature layer: a layer name, :data:`PENULTIMATE` or None (the model's penultimate layer),
+        or :data:`HEAD_INPUT` (the input of its first fully connected layer).
+    features : torch.Tensor or numpy.ndarray, optional
+        N×D features already computed at ``layer``: skips the feature pass.
+
+    Returns
+    -------
+    DetectionResult
+        Method ``"spectral"``; ``details["per_class"]`` holds each class's top singular value and
+        largest normalised score. Classes with fewer than two samples score 0.
+
+    Raises
+    ------
+    BadInput
+        If ``ratio`` is out of range, the layer is unknown, or the features are not N×D with D ≥ 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.data import ImageDataset
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ds = ImageDataset(torch.rand(20, 1, 8, 8, generator=g), torch.tensor([0] * 10 + [1] * 10), ["a", "b"], "toy")
+    >>> from workbench.models import architecture
+    >>> feats = 0.1 * torch.randn(20, 4, generator=g)
+    >>> feats[[3, 4]] += 5.0  # two outliers in class a
+    >>> spectral_detect(architecture("cnn", 1, 2, 8), ds, 0.1, features=feats).flagged.tolist()
+    [3, 4]
+    """
     ratio = check_ratio(ratio)
     data = as_dataset(data)
     t0 = time.perf_counter()
@@ -274,8 +598,58 @@ def spectral_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *
 def activation_clustering_detect(model: nn.Module, data: ImageDataset, ratio: float = 0.05, *,
                                  layer: str | None = None, n_components: int = 10, size_threshold: float = 0.35,
                                  seed: int = 0, features: torch.Tensor | np.ndarray | None = None) -> DetectionResult:
-    """Activation clustering (Chen et al. 2019): per-class PCA to ``n_components`` dims, 2-means, and the
-    relative-size rule: a class whose smaller cluster holds <= ``size_threshold`` of it is suspicious."""
+    """Activation clustering (Chen et al. 2019) with the relative-size rule, per given class.
+
+    Per class: PCA of the features to ``n_components`` dimensions, 2-means; a class whose smaller
+    cluster holds at most ``size_threshold`` of it is suspicious, and that cluster's samples score
+    ``2 + silhouette``; every other sample scores its relative distance to its cluster's centroid, in
+    [0, 1] (see the module docstring).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model trained on ``data``.
+    data : ImageDataset or anything :func:`~workbench.data.as_dataset` takes
+        The suspected training set, labels as given.
+    ratio : float, default 0.05
+        Isolation ratio, in (0, 0.5].
+    layer : str, optional
+        The feature layer (as for :func:`spectral_detect`).
+    n_components : int, default 10
+        PCA dimensions (≥ 1; capped by D and the class size − 1).
+    size_threshold : float, default 0.35
+        Largest share of its class the small cluster may hold for the class to be suspicious, in (0, 0.5].
+    seed : int, default 0
+        Seeds PCA and k-means.
+    features : torch.Tensor or numpy.ndarray, optional
+        N×D features already computed at ``layer``.
+
+    Returns
+    -------
+    DetectionResult
+        Method ``"ac"``; ``details`` holds per class the small cluster's share, the silhouette and
+        whether it is suspected, and the list of suspected classes. Classes with fewer than four
+        samples score 0.
+
+    Raises
+    ------
+    BadInput
+        If ``ratio``, ``n_components`` or ``size_threshold`` is out of range, the layer is unknown, or
+        the features are not N×D with D ≥ 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.data import ImageDataset
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ds = ImageDataset(torch.rand(20, 1, 8, 8, generator=g), torch.tensor([0] * 10 + [1] * 10), ["a", "b"], "toy")
+    >>> from workbench.models import architecture
+    >>> feats = 0.1 * torch.randn(20, 4, generator=g)
+    >>> feats[[3, 4]] += 5.0
+    >>> res = activation_clustering_detect(architecture("cnn", 1, 2, 8), ds, 0.1, features=feats)
+    >>> res.flagged.tolist(), res.details["per_class"]["a"]["small_cluster_share"]
+    ([3, 4], 0.2)
+    """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.metrics import silhouette_score
@@ -323,10 +697,57 @@ def detect(method: str, data: ImageDataset, model: nn.Module | None = None, rati
            poisoned_indices=None, progress: Progress | None = None) -> DetectionResult:
     """Run detector ``method`` (``lga``, ``spectral`` or ``ac``) on ``data``.
 
-    ``spectral`` and ``ac`` need ``model``, a model trained on ``data`` (its features are read at
-    ``layer``, default the penultimate layer; :data:`HEAD_INPUT` reads the input of its first
-    fully connected layer); ``lga`` trains its own ``arch`` model. With
-    ``poisoned_indices`` (the ground truth, when known) the result carries precision, recall, AUROC.
+    Parameters
+    ----------
+    method : str
+        ``"lga"`` (trains its own ``arch`` model), ``"spectral"`` or ``"ac"`` (read the features of
+        ``model``).
+    data : ImageDataset or anything :func:`~workbench.data.as_dataset` takes
+        The suspected training set, labels as given.
+    model : nn.Module, optional
+        For ``spectral`` and ``ac``: a model trained on ``data``.
+    ratio : float, default 0.05
+        Isolation ratio, in (0, 0.5].
+    layer : str, optional
+        Feature layer for ``spectral`` and ``ac`` (default the penultimate layer; :data:`HEAD_INPUT`
+        reads the input of the first fully connected layer).
+    seed : int, default 0
+        Seed of LGA's training and of AC's clustering.
+    device : str, default "cpu"
+        Where LGA trains.
+    lga_epochs : int, default 2
+        LGA's training epochs.
+    arch : str, default "cnn"
+        LGA's architecture (see :func:`lga_detect`).
+    poisoned_indices : sequence of int, optional
+        The ground truth, when known: the result then carries precision, recall and AUROC.
+    progress : callable, optional
+        ``progress(fraction, message)`` during LGA's training.
+
+    Returns
+    -------
+    DetectionResult
+
+    Raises
+    ------
+    BadInput
+        If the method is unknown, ``ratio`` out of range, ``spectral`` / ``ac`` get no model, or the
+        detector refuses its input.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.data import ImageDataset
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ds = ImageDataset(torch.rand(20, 1, 8, 8, generator=g), torch.tensor([0] * 10 + [1] * 10), ["a", "b"], "toy")
+    >>> from workbench.models import architecture
+    >>> res = detect("spectral", ds, architecture("cnn", 1, 2, 8), 0.1, poisoned_indices=[3, 4])
+    >>> len(res.flagged), res.quality.n_poisoned
+    (2, 2)
+    >>> detect("ac", ds)
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: detector 'ac' needs a model trained on the suspected data
     """
     method = str(method).lower()
     require(method in METHODS, f"unknown detector {method!r}; choose one of {', '.join(METHODS)}")
@@ -347,7 +768,41 @@ def detect(method: str, data: ImageDataset, model: nn.Module | None = None, rati
 
 @dataclass
 class DetectionSummary:
-    """The reportable view of a detection run: quality, per-class details and the flagged gallery."""
+    """The reportable view of a detection run: quality, per-class details and the flagged gallery.
+
+    Made by :func:`summarize_detection`; :func:`~workbench.report.write_report` writes it.
+
+    Parameters
+    ----------
+    method : str
+        The detector.
+    data : str
+        The dataset's name.
+    n_samples : int
+        N.
+    ratio : float
+        The isolation ratio.
+    seconds : float
+        Wall time of the detection.
+    flagged : torch.Tensor
+        Flagged indices, most suspicious first.
+    flagged_scores : torch.Tensor
+        Their scores.
+    scores : torch.Tensor
+        Every sample's score (N).
+    quality : DetectionQuality or None
+        Against the truth, when known.
+    params, details : dict
+        As in :class:`DetectionResult`.
+    gallery_images : torch.Tensor
+        Up to ``n_gallery`` most suspicious images, n×C×H×W.
+    gallery_captions : list of str
+        ``#index · given label`` (``· POISON`` when truly poisoned).
+
+    Returns
+    -------
+    A DetectionSummary (dataclass)
+    """
 
     method: str
     data: str
@@ -364,6 +819,16 @@ class DetectionSummary:
     gallery_captions: list[str]
 
     def report_sections(self):
+        """The report's sections: detection metrics, the per-class table, the gallery and the flagged list
+        (first 200).
+
+        Parameters: none
+
+        Returns
+        -------
+        list
+            :mod:`workbench.report` sections.
+        """
         from workbench.report import ImageGrid, Metrics, Table
 
         m = {"detector": METHOD_NAMES.get(self.method, self.method), "data": self.data, "samples": self.n_samples,
@@ -393,7 +858,33 @@ class DetectionSummary:
 
 def summarize_detection(result: DetectionResult, data: ImageDataset, poisoned_indices=None,
                         n_gallery: int = 32) -> DetectionSummary:
-    """A :class:`DetectionSummary` of ``result`` on ``data`` (with the truth marked when known)."""
+    """A :class:`DetectionSummary` of ``result`` on ``data``, with the truth marked when known.
+
+    Parameters
+    ----------
+    result : DetectionResult
+        What a detector returned on ``data``.
+    data : ImageDataset
+        The dataset it ran on.
+    poisoned_indices : sequence of int, optional
+        The ground truth; also fills ``result.quality`` when it is unset.
+    n_gallery : int, default 32
+        How many of the most suspicious images to show.
+
+    Returns
+    -------
+    DetectionSummary
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.data import ImageDataset
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ds = ImageDataset(torch.rand(20, 1, 8, 8, generator=g), torch.tensor([0] * 10 + [1] * 10), ["a", "b"], "toy")
+    >>> res = DetectionResult("spectral", torch.arange(20.0), torch.tensor([19, 18]), 0.1, 0.0)
+    >>> summarize_detection(res, ds, poisoned_indices=[19], n_gallery=2).gallery_captions
+    ['#19 · b · POISON', '#18 · b']
+    """
     if poisoned_indices is not None and result.quality is None:
         result.with_truth(poisoned_indices)
     truth = torch.zeros(len(data), dtype=torch.bool)

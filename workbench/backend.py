@@ -30,7 +30,25 @@ CONNECT_TIMEOUT_S = 10.0  # a head node that does not answer is reported well wi
 
 @dataclass
 class TaskResult:
-    """What one unit gave: ``value`` when ``ok``, else ``error`` (one line: type and message)."""
+    """What one unit of :func:`run_tasks` gave: ``value`` when ``ok``, else ``error``.
+
+    Parameters
+    ----------
+    index : int
+        The unit's position in ``kwargs_list``.
+    ok : bool
+        Whether the unit returned (False: it raised, or its Ray worker died).
+    value : Any, default None
+        What the unit returned; for a unit that raised, ``{"traceback": ...}`` (up to 8 frames).
+    error : str, optional
+        One line, ``"ExceptionType: message"``, when not ``ok``.
+    seconds : float, default 0.0
+        Wall time of the unit (inside the worker).
+
+    Returns
+    -------
+    A TaskResult (dataclass)
+    """
 
     index: int
     ok: bool
@@ -62,7 +80,20 @@ def _call(fn: Callable, kwargs: dict, threads: int | None, index: int) -> TaskRe
 
 
 def import_ray():
-    """The ``ray`` module, or BadInput with the install command."""
+    """The ``ray`` module, imported on first use (Ray is optional: the ``scale`` extra).
+
+    Parameters: none
+
+    Returns
+    -------
+    module
+        ``ray``.
+
+    Raises
+    ------
+    BadInput
+        If Ray is not installed; the message gives the install command (``pip install ".[scale]"``).
+    """
     try:
         import ray
     except ImportError:
@@ -85,8 +116,30 @@ def _check_reachable(address: str) -> None:
 
 
 def init_ray(ray_address: str, *, num_cpus: int | None = None) -> bool:
-    """Connect to Ray (``local``: a private instance on this machine; ``auto``/``HOST:PORT``: a
-    cluster). Returns True when this call started the connection (and so must shut it down)."""
+    """Connect to Ray, unless this process is already connected.
+
+    ``"local"`` starts a private instance on this machine (no dashboard, usage stats off); ``"auto"``
+    joins the cluster this machine belongs to; ``"HOST:PORT"`` (or ``ray://HOST:PORT``) joins that
+    head node, checked first to answer within :data:`CONNECT_TIMEOUT_S` seconds.
+
+    Parameters
+    ----------
+    ray_address : str
+        ``"local"``, ``"auto"`` or ``"HOST:PORT"``.
+    num_cpus : int, optional
+        CPUs of a ``"local"`` instance (default: every core of the machine).
+
+    Returns
+    -------
+    bool
+        True when this call started the connection (the caller must then ``ray.shutdown()``); False
+        when Ray was already initialised.
+
+    Raises
+    ------
+    BadInput
+        If Ray is not installed, the address is malformed, no head node answers there, or joining fails.
+    """
     ray = import_ray()
     if ray.is_initialized():
         return False
@@ -110,11 +163,48 @@ def run_tasks(fn: Callable[..., Any], kwargs_list: Sequence[dict], *, ray_addres
               on_result: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
     """Call ``fn(**kwargs)`` for each entry of ``kwargs_list``; the results come back in input order.
 
-    ``ray_address`` None runs them serially here; ``"local"``, ``"auto"`` or ``"HOST:PORT"`` runs
-    each as a Ray task with ``num_cpus_per_task`` CPUs and ``num_gpus`` GPUs (a fraction shares
-    one). ``threads`` sets ``torch.set_num_threads`` inside each unit. ``fn`` must be importable by
-    the workers (a module-level function). ``on_result`` is called as each unit finishes (in
-    completion order), e.g. to save it at once so that an interrupted run keeps what is done.
+    A unit that raises is reported in its :class:`TaskResult` and does not stop the others (and Ray
+    never retries it). With Ray, a ``"local"`` instance or a connection this call made is shut down
+    before it returns.
+
+    Parameters
+    ----------
+    fn : callable
+        The unit of work. With Ray it must be importable by the workers (a module-level function).
+    kwargs_list : sequence of dict
+        One dict of keyword arguments per unit.
+    ray_address : str, optional
+        None (default): run serially in this process. ``"local"``, ``"auto"`` or ``"HOST:PORT"``: run
+        each unit as a Ray task (see :func:`init_ray`).
+    num_cpus_per_task : float, default 1
+        CPUs Ray reserves per task (> 0).
+    num_gpus : float, default 0
+        GPUs Ray reserves per task (≥ 0; a fraction shares one GPU).
+    threads : int, optional
+        ``torch.set_num_threads`` inside each unit (≥ 1); the caller's thread count is restored after
+        each serial unit. Default: unchanged.
+    on_result : callable, optional
+        Called with each :class:`TaskResult` as its unit finishes (completion order), e.g. to save it
+        at once so that an interrupted run keeps what is done.
+
+    Returns
+    -------
+    list of TaskResult
+        One per entry of ``kwargs_list``, in input order.
+
+    Raises
+    ------
+    BadInput
+        If ``fn`` is not callable, ``num_cpus_per_task`` ≤ 0, ``num_gpus`` < 0 or ``threads`` < 1, or
+        Ray is asked for and not installed or not reachable.
+
+    Examples
+    --------
+    >>> def divide(a, b):
+    ...     return a / b
+    >>> results = run_tasks(divide, [{"a": 1, "b": 2}, {"a": 1, "b": 0}], threads=1)
+    >>> [(r.index, r.ok, r.value if r.ok else r.error) for r in results]
+    [(0, True, 0.5), (1, False, 'ZeroDivisionError: division by zero')]
     """
     require(callable(fn), "fn must be callable")
     require(num_cpus_per_task > 0 and num_gpus >= 0, "num_cpus_per_task must be > 0 and num_gpus >= 0")

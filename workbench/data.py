@@ -37,10 +37,33 @@ MNIST10K_SHA256 = "a9c444adb7dac046fe419c1988c0811da067438961b66d8322526e6e844ca
 
 
 class ImageView:
-    """Float32 [0, 1] images read per index from a dataset's storage (a uint8 or float32 tensor, or a
-    memory-mapped NumPy array): ``view[i:j]`` or ``view[index_tensor]`` converts just those rows, so
-    code that walks images in batches (``predict_logits``, ``layer_outputs``, ``fit``) holds one batch
-    in float32, never the whole set. Has ``shape``, ``ndim``, ``dtype`` and ``len`` like a tensor."""
+    """Float32 [0, 1] images read per index from a dataset's storage, one batch at a time.
+
+    ``view[i:j]`` or ``view[index_tensor]`` converts just those rows (uint8 is divided by 255), so code
+    that walks images in batches (``predict_logits``, ``layer_outputs``, ``fit``) holds one batch in
+    float32, never the whole set. Has ``shape``, ``ndim``, ``dtype`` (always ``torch.float32``) and
+    ``len`` like a tensor; iterating yields one C×H×W image at a time.
+
+    Parameters
+    ----------
+    raw : torch.Tensor or numpy.ndarray
+        The stored images, N×C×H×W, uint8 (0-255) or float32 (0-1); a memory-mapped NumPy array is read
+        from disk only for the rows asked for.
+
+    Returns
+    -------
+    An ImageView
+        Indexing it returns a float32 tensor in [0, 1] (a copy for uint8 and NumPy storage).
+
+    Examples
+    --------
+    >>> import torch
+    >>> view = ImageView(torch.tensor([[[[0, 255]]], [[[255, 0]]]], dtype=torch.uint8))
+    >>> view.shape, len(view)
+    (torch.Size([2, 1, 1, 2]), 2)
+    >>> view[1:].tolist()
+    [[[[1.0, 0.0]]]]
+    """
 
     dtype = torch.float32
 
@@ -77,12 +100,48 @@ class ImageView:
 
 @dataclass
 class ImageDataset:
-    """Images N×C×H×W, labels N (int64), class names and provenance.
+    """Images N×C×H×W, labels N (int64), class names and provenance: what every loader returns.
 
     ``images`` may be given as a float32 tensor in [0, 1], a uint8 tensor (0-255, kept as uint8) or a
     NumPy array of either dtype (a memory-mapped one stays on disk). Read them per batch as float32
     with :attr:`pixels` (``ds.pixels[idx]``); :attr:`images` returns the whole set as one float32
-    tensor (kept for in-memory storage, rebuilt on each access for memory-mapped storage).
+    tensor (kept for in-memory storage, rebuilt on each access for memory-mapped storage). Labels of
+    any integer dtype are converted to int64.
+
+    Parameters
+    ----------
+    images : torch.Tensor or numpy.ndarray
+        N×C×H×W, float32 in [0, 1] or uint8.
+    labels : torch.Tensor
+        N integer labels in ``0..len(class_names) - 1``.
+    class_names : list of str
+        One name per class (K ≥ 1; the loaders ask for K ≥ 2).
+    name : str
+        Where the data came from (a spec, ``"digits/train"``, ``"npz:file.npz"``); shown in reports.
+    indices : torch.Tensor, optional
+        Positions of these samples in the dataset they were taken from (set by :meth:`subset`, splits);
+        default ``None``.
+
+    Returns
+    -------
+    An ImageDataset (dataclass)
+        With ``len``, :attr:`pixels`, :attr:`images`, :attr:`storage`, :attr:`num_classes`,
+        :attr:`channels`, :attr:`image_size`, :attr:`input_shape`, :meth:`class_counts`, :meth:`subset`,
+        :meth:`sample`, :meth:`with_labels` and :meth:`resized`.
+
+    Raises
+    ------
+    BadInput
+        If the arrays cannot form a dataset (see :func:`validate_arrays`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> ds = ImageDataset(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), ["a", "b"], "toy")
+    >>> len(ds), ds.input_shape, ds.storage, ds.class_counts()
+    (4, (1, 2, 2), 'uint8', [2, 2])
+    >>> ds.images.dtype
+    torch.float32
     """
 
     images: torch.Tensor = field(repr=False)
@@ -107,33 +166,78 @@ class ImageDataset:
 
     @property
     def pixels(self) -> ImageView:
-        """The images as float32 [0, 1], converted per index or slice (memory bounded by the batch)."""
+        """The images as float32 [0, 1], converted per index or slice (memory bounded by the batch).
+
+        Returns
+        -------
+        ImageView
+            A view over the stored images; ``ds.pixels[i:j]`` is a float32 tensor.
+        """
         return ImageView(self._raw)
 
     @property
     def storage(self) -> str:
-        """How the images are held: ``uint8``, ``float32`` or ``memmap-uint8`` / ``memmap-float32``."""
+        """How the images are held: ``uint8``, ``float32`` or ``memmap-uint8`` / ``memmap-float32``.
+
+        Returns
+        -------
+        str
+            The storage kind.
+        """
         raw = self._raw
         dtype = str(raw.dtype).replace("torch.", "")
         return f"memmap-{dtype}" if isinstance(raw, np.memmap) else dtype
 
     @property
     def num_classes(self) -> int:
+        """The number of classes, K (the number of class names).
+
+        Returns
+        -------
+        int
+        """
         return len(self.class_names)
 
     @property
     def channels(self) -> int:
+        """The number of channels, C (1 for grey, 3 for RGB).
+
+        Returns
+        -------
+        int
+        """
         return int(self._raw.shape[1])
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """The image size ``(H, W)``.
+
+        Returns
+        -------
+        tuple of int
+        """
         return int(self._raw.shape[2]), int(self._raw.shape[3])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The shape of one image, ``(C, H, W)`` (what a model built for this data takes).
+
+        Returns
+        -------
+        tuple of int
+        """
         return (self.channels, *self.image_size)
 
     def class_counts(self) -> list[int]:
+        """How many samples each class has.
+
+        Parameters: none
+
+        Returns
+        -------
+        list of int
+            K counts, class 0 first (0 for a class without samples).
+        """
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def _replace(self, **changes) -> ImageDataset:
@@ -144,8 +248,23 @@ class ImageDataset:
         return ImageDataset(**kw)
 
     def subset(self, indices, name: str | None = None) -> ImageDataset:
-        """The samples at ``indices``; ``indices`` of the result point into the original data.
-        Stored as this dataset stores them (rows of a memory-mapped set are read into memory)."""
+        """The samples at ``indices``, stored as this dataset stores them.
+
+        Rows of a memory-mapped set are read into memory. The result's ``indices`` point into the
+        original data (through any earlier subsets).
+
+        Parameters
+        ----------
+        indices : sequence of int or torch.Tensor
+            Positions in this dataset (repeats allowed).
+        name : str, optional
+            The subset's name (default: this dataset's name).
+
+        Returns
+        -------
+        ImageDataset
+            ``len(indices)`` samples with the same class names.
+        """
         idx = torch.as_tensor(indices, dtype=torch.long)
         base = self.indices[idx] if self.indices is not None else idx
         raw = self._raw
@@ -153,19 +272,72 @@ class ImageDataset:
         return ImageDataset(part, self.labels[idx], list(self.class_names), name or self.name, indices=base)
 
     def sample(self, n: int, seed: int = 0) -> ImageDataset:
-        """A seeded random sample of ``min(n, len)`` samples (in random order; ``indices`` kept)."""
+        """A seeded random sample of ``min(n, len)`` samples, in random order (``indices`` kept).
+
+        Parameters
+        ----------
+        n : int
+            How many samples; ≥ 1.
+        seed : int, default 0
+            Seed of the permutation.
+
+        Returns
+        -------
+        ImageDataset
+            The sampled subset (see :meth:`subset`).
+
+        Raises
+        ------
+        BadInput
+            If ``n < 1``.
+        """
         require(n >= 1, f"sample size must be >= 1, got {n}")
         pick = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return self.subset(pick)
 
     def with_labels(self, labels) -> ImageDataset:
+        """The same images with other labels (e.g. corrected or poisoned ones).
+
+        Parameters
+        ----------
+        labels : sequence of int or torch.Tensor
+            N new labels in ``0..K-1``.
+
+        Returns
+        -------
+        ImageDataset
+            A new dataset sharing this one's image storage.
+
+        Raises
+        ------
+        BadInput
+            If the shape differs from the current labels' or a label is out of range.
+        """
         labels = torch.as_tensor(labels, dtype=torch.long)
         require(labels.shape == self.labels.shape,
                 f"new labels have shape {tuple(labels.shape)}, expected {tuple(self.labels.shape)}")
         return self._replace(labels=labels)
 
     def resized(self, size: int | tuple[int, int], batch_size: int = 4096) -> ImageDataset:
-        """Resample every image to ``size`` (area-averaging when shrinking, bilinear otherwise)."""
+        """Resample every image to ``size`` (area-averaging when shrinking, bilinear otherwise).
+
+        Parameters
+        ----------
+        size : int or tuple of int
+            The new ``(H, W)`` (an int: square); both ≥ 1.
+        batch_size : int, default 4096
+            Images resampled at a time.
+
+        Returns
+        -------
+        ImageDataset
+            Float32 images in [0, 1] named ``NAME@HxW``; this dataset itself when the size is unchanged.
+
+        Raises
+        ------
+        BadInput
+            If a side of ``size`` is < 1.
+        """
         hw = (size, size) if isinstance(size, int) else tuple(size)
         require(min(hw) >= 1, f"size must be positive, got {hw}")
         if hw == self.image_size:
@@ -222,8 +394,39 @@ def _check_float_range(images, name: str, batch: int = 65536) -> None:
 
 
 def validate_arrays(images, labels: torch.Tensor, num_classes: int, name: str) -> None:
-    """Raise :class:`BadInput` if the arrays cannot form a dataset. ``images`` is a tensor or a
-    (memory-mapped) NumPy array, float32 in [0, 1] or uint8."""
+    """Raise :class:`BadInput` if the arrays cannot form a dataset.
+
+    Parameters
+    ----------
+    images : torch.Tensor or numpy.ndarray
+        N×C×H×W, float32 in [0, 1] or uint8 (a memory-mapped array is checked in chunks).
+    labels : torch.Tensor
+        N int64 labels.
+    num_classes : int
+        K; labels must lie in ``0..K-1``.
+    name : str
+        The dataset's name, at the start of each message.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        If either is not a tensor (or array), the images are not rank 4, the labels not rank 1, the set
+        is empty, the lengths differ, the images are neither float32 nor uint8, the labels not int64,
+        float images hold NaN, ±inf or values outside [0, 1], or a label lies outside ``0..K-1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> validate_arrays(torch.zeros(2, 1, 3, 3), torch.tensor([0, 1]), 2, "toy")
+    >>> validate_arrays(torch.zeros(2, 3, 3), torch.tensor([0, 1]), 2, "toy")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: toy: images must be N×C×H×W, got shape (2, 3, 3)
+    """
     require(isinstance(images, (torch.Tensor, np.ndarray)) and isinstance(labels, torch.Tensor),
             f"{name}: images and labels must be tensors")
     require(images.ndim == 4, f"{name}: images must be N×C×H×W, got shape {tuple(images.shape)}")
@@ -324,9 +527,40 @@ def _integer_labels(labels: np.ndarray, name: str, n: int, class_names: list[str
 
 
 def open_image(source, name: str):
-    """Open an image lazily (header only) with PIL and refuse it by its declared size before any
-    pixel is decoded: one image over the ``image_pixels`` limit (a decompression bomb) is BadInput
-    naming ``name``. The caller decodes it with ``im.load()`` inside a ``with``."""
+    """Open an image lazily (header only) with PIL, refusing it by its declared size first.
+
+    No pixel is decoded before the check: one image over the ``image_pixels`` limit (a decompression
+    bomb) is refused. The caller decodes it with ``im.load()`` inside a ``with``.
+
+    Parameters
+    ----------
+    source : str, Path or file object
+        What ``PIL.Image.open`` takes.
+    name : str
+        How the image is named in error messages (its path).
+
+    Returns
+    -------
+    PIL.Image.Image
+        The opened, not yet decoded image.
+
+    Raises
+    ------
+    BadInput
+        If PIL cannot identify the image, or its width × height exceeds the ``image_pixels`` limit
+        (:mod:`workbench.limits`).
+
+    Examples
+    --------
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("L", (3, 2)).save(buf, format="PNG")
+    >>> with open_image(buf, "tiny.png") as im:
+    ...     _ = im.load()
+    ...     print(im.size, im.mode)
+    (3, 2) L
+    """
     from PIL import Image, UnidentifiedImageError
 
     saved = Image.MAX_IMAGE_PIXELS
@@ -357,14 +591,44 @@ def _require_file(path: Path, what: str) -> Path:
 
 
 def load_mnist10k() -> ImageDataset:
-    """The first 10,000 MNIST training digits, shipped with the package (see assets/README.md)."""
+    """The first 10,000 MNIST training digits, shipped with the package (``workbench/assets/``).
+
+    28×28 grey, uint8, classes ``"0"``..``"9"``; provenance and licence in ``assets/README.md``.
+
+    Parameters: none
+
+    Returns
+    -------
+    ImageDataset
+        10,000 samples named ``mnist10k``, stored as uint8.
+
+    Examples
+    --------
+    >>> ds = load_mnist10k()
+    >>> len(ds), ds.input_shape, ds.storage, ds.class_counts()[:3]
+    (10000, (1, 28, 28), 'uint8', [1001, 1127, 991])
+    """
     with resources.files("workbench").joinpath("assets/mnist10k.npz").open("rb") as fh:
         with np.load(fh, allow_pickle=False) as z:
             return _from_arrays(z["images"], z["labels"], "mnist10k")
 
 
 def load_digits() -> ImageDataset:
-    """scikit-learn's 1,797 8×8 digits (UCI optdigits), values 0-16 scaled to [0, 1]."""
+    """scikit-learn's 1,797 8×8 digits (UCI optdigits), values 0-16 scaled to [0, 1].
+
+    Parameters: none
+
+    Returns
+    -------
+    ImageDataset
+        1,797 samples named ``digits``, 1×8×8 float32, classes ``"0"``..``"9"``.
+
+    Examples
+    --------
+    >>> ds = load_digits()
+    >>> len(ds), ds.input_shape, ds.storage
+    (1797, (1, 8, 8), 'float32')
+    """
     from sklearn.datasets import load_digits as sk_load_digits
 
     d = sk_load_digits()
@@ -373,9 +637,45 @@ def load_digits() -> ImageDataset:
 
 
 def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | None = None) -> ImageDataset:
-    """A ``.npz`` with an images array (``images``/``x``/``X``) and a labels array (``labels``/``y``/``Y``).
+    """A ``.npz`` holding an images array and a labels array (and optionally ``class_names``).
 
-    Optional ``class_names`` (an array of strings). Never unpickles: ``allow_pickle=False``.
+    Images are found under ``images``, ``x``, ``X`` or ``x_train``, labels under ``labels``, ``y``,
+    ``Y`` or ``y_train`` unless the keys are given; ``class_names`` is an optional array of strings.
+    The archive is checked by what it declares before NumPy reads any array (zip of ``.npy`` members,
+    no Python objects, sizes as declared, the ``data_bytes`` limit); it never unpickles
+    (``allow_pickle=False``). Images may be N×H×W, N×H×W×C or N×C×H×W, uint8 0-255, integers 0-255 or
+    floats in [0, 1].
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npz`` file.
+    images_key, labels_key : str, optional
+        Array names to use instead of the defaults above (default ``None``).
+
+    Returns
+    -------
+    ImageDataset
+        Named ``npz:FILENAME``.
+
+    Raises
+    ------
+    BadInput
+        If the file is missing, not an ``.npz`` (e.g. a single ``.npy``), corrupt, holds object arrays,
+        declares more than it holds or more than the limits allow, lacks an images or labels array, or
+        its arrays do not form a dataset (shape, range, fewer than two classes).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "toy.npz")
+    >>> np.savez(path, images=np.zeros((4, 5, 5), np.uint8), labels=np.array([0, 1, 0, 1]))
+    >>> ds = load_npz(path)
+    >>> ds.name, ds.input_shape, ds.class_names
+    ('npz:toy.npz', (1, 5, 5), ['0', '1'])
+    >>> tmp.cleanup()
     """
     path = _require_file(Path(path), "npz file")
     _check_npz(path)
@@ -451,10 +751,46 @@ def _check_npz(path: Path) -> None:
 
 
 def load_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> ImageDataset:
-    """An image folder with one subfolder per class (sorted names = class order).
+    """An image folder with one subfolder per class (sorted subfolder names = class order).
 
-    All images must share one size unless ``size`` is given (then each is resized). Grayscale
-    when every image is single-channel, RGB otherwise.
+    Images (PNG, JPEG, BMP, GIF, TIFF, WebP) are read with Pillow, each refused by its declared size
+    before decoding (:func:`open_image`); symbolic links may not lead out of the folder. Grayscale when
+    every image is single-channel, RGB otherwise.
+
+    Parameters
+    ----------
+    path : str or Path
+        The dataset folder.
+    size : int or tuple of int, optional
+        Resize every image to ``(H, W)`` (an int: square). Default ``None``: all images must share one
+        size.
+
+    Returns
+    -------
+    ImageDataset
+        uint8 images named ``folder:FOLDERNAME``, class names = the subfolder names.
+
+    Raises
+    ------
+    BadInput
+        If the folder is missing or holds no class subfolders or no images, an image is unreadable or
+        a link leads outside, the images differ in size (without ``size``), or a limit is exceeded.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> for cls in ("cat", "dog"):
+    ...     os.makedirs(os.path.join(tmp.name, cls))
+    ...     for i in range(2):
+    ...         Image.new("L", (6, 4)).save(os.path.join(tmp.name, cls, f"{i}.png"))
+    >>> ds = load_folder(tmp.name)
+    >>> ds.class_names, ds.input_shape, len(ds)
+    (['cat', 'dog'], (1, 4, 6), 4)
+    >>> load_folder(tmp.name, size=3).input_shape
+    (1, 3, 3)
+    >>> tmp.cleanup()
     """
     from PIL import Image
 
@@ -517,8 +853,36 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an MNIST-style IDX file, raw or gzip-compressed.
 
-    The header's declared size is checked against the file (and the ``data_bytes`` limit) before
-    the data is read; gzip data is decompressed in a stream that stops at the declared size."""
+    The header's declared size is checked against the file (and the ``data_bytes`` limit) before the
+    data is read; gzip data is decompressed in a stream that stops at the declared size.
+
+    Parameters
+    ----------
+    path : str or Path
+        The IDX file (``.gz`` or raw; detected by its first bytes).
+
+    Returns
+    -------
+    numpy.ndarray
+        The array, of the shape and dtype the header declares, in native byte order.
+
+    Raises
+    ------
+    BadInput
+        If the file is missing, the magic number is wrong, the header is truncated, the data is
+        shorter or longer than declared, the declared size exceeds the limit, or gzip data is corrupt.
+
+    Examples
+    --------
+    >>> import os, struct, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(tmp.name, "labels.idx")
+    >>> with open(path, "wb") as f:
+    ...     _ = f.write(bytes([0, 0, 0x08, 1]) + struct.pack(">I", 3) + bytes([7, 1, 2]))
+    >>> read_idx(path).tolist()
+    [7, 1, 2]
+    >>> tmp.cleanup()
+    """
     path = _require_file(Path(path), "IDX file")
     with open(path, "rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"
@@ -552,7 +916,39 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def load_idx(images_path: str | Path, labels_path: str | Path) -> ImageDataset:
-    """MNIST-style IDX files: an N×H×W (or N×H×W×C) image file and an N label file."""
+    """A dataset from MNIST-style IDX files: N×H×W (or N×H×W×C) images and N labels.
+
+    Parameters
+    ----------
+    images_path : str or Path
+        The images file (raw or ``.gz``).
+    labels_path : str or Path
+        The labels file (raw or ``.gz``).
+
+    Returns
+    -------
+    ImageDataset
+        Named ``idx:IMAGESFILENAME``; classes ``"0"``..max label.
+
+    Raises
+    ------
+    BadInput
+        As :func:`read_idx` for either file, or if the arrays do not form a dataset.
+
+    Examples
+    --------
+    >>> import os, struct, tempfile
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> def write(name, dims, data):
+    ...     with open(os.path.join(tmp.name, name), "wb") as f:
+    ...         _ = f.write(bytes([0, 0, 0x08, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + bytes(data))
+    >>> write("images.idx", (2, 2, 2), range(8))
+    >>> write("labels.idx", (2,), [1, 0])
+    >>> ds = load_idx(os.path.join(tmp.name, "images.idx"), os.path.join(tmp.name, "labels.idx"))
+    >>> ds.name, ds.input_shape, ds.labels.tolist()
+    ('idx:images.idx', (1, 2, 2), [1, 0])
+    >>> tmp.cleanup()
+    """
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     return _from_arrays(images, labels, f"idx:{Path(images_path).name}")
@@ -562,10 +958,33 @@ NPY_IMAGES, NPY_LABELS, NPY_CLASSES = "images.npy", "labels.npy", "class_names.j
 
 
 def load_npy_dir(path: str | Path) -> ImageDataset:
-    """A memory-mapped dataset folder: ``images.npy`` (N×C×H×W or N×H×W, uint8 or float32 in [0, 1],
-    opened with ``mmap_mode="r"``: pages are read from disk as batches need them), ``labels.npy`` (N
-    integers) and optional ``class_names.json`` (a list of strings). Write one with
-    :func:`convert_dataset` (``workbench data convert``). Never unpickles."""
+    """A memory-mapped dataset folder, read page by page as batches need it.
+
+    The folder holds ``images.npy`` (N×C×H×W or N×H×W, uint8 or float32 in [0, 1], opened with
+    ``mmap_mode="r"``), ``labels.npy`` (N integers) and optionally ``class_names.json`` (a list of
+    strings). Write one with :func:`convert_dataset` (``workbench data convert``). Never unpickles.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder.
+
+    Returns
+    -------
+    ImageDataset
+        Named ``npy:FOLDERNAME``, storage ``memmap-uint8`` or ``memmap-float32``.
+
+    Raises
+    ------
+    BadInput
+        If the folder or a file is missing or unreadable, the images are not uint8/float32 or not
+        N×C×H×W with C in 1 or 3, the lengths differ, the class names are not a list of strings, or
+        the labels are invalid.
+
+    Examples
+    --------
+    See :func:`convert_dataset`.
+    """
     root = Path(path)
     if not root.exists():
         raise BadInput(f"dataset folder not found: {root}")
@@ -610,14 +1029,50 @@ def load_npy_dir(path: str | Path) -> ImageDataset:
 
 def convert_dataset(spec: str | ImageDataset, out: str | Path, *, overwrite: bool = False,
                     batch_size: int = 8192) -> Path:
-    """Write a dataset (any spec :func:`load_dataset` reads, or an :class:`ImageDataset`) as a
-    memory-mapped folder (``images.npy`` uint8 when the source is uint8, float32 otherwise,
-    ``labels.npy`` int64, ``class_names.json``), read back with ``npy:OUT`` / :func:`load_npy_dir`.
+    """Write a dataset as a memory-mapped folder that ``npy:OUT`` / :func:`load_npy_dir` reads back.
 
-    The images are written ``batch_size`` rows at a time into a memory-mapped file in a staging
-    folder beside ``out``, which replaces ``out`` in one step when complete: an interrupted run
-    leaves nothing. An existing ``out`` is refused unless ``overwrite`` (and then only a folder that
-    is empty or holds a converted dataset)."""
+    ``images.npy`` is uint8 when the source is uint8, float32 otherwise; ``labels.npy`` int64;
+    ``class_names.json``. The images are written ``batch_size`` rows at a time into a memory-mapped
+    file in a staging folder beside ``out``, which replaces ``out`` in one step when complete: an
+    interrupted run leaves nothing.
+
+    Parameters
+    ----------
+    spec : str or ImageDataset
+        Any spec :func:`load_dataset` reads, or a dataset.
+    out : str or Path
+        The folder to write.
+    overwrite : bool, default False
+        Replace an existing ``out`` (only a folder that is empty or holds a converted dataset).
+    batch_size : int, default 8192
+        Rows copied at a time.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    BadInput
+        If ``out`` is a file, exists and is not empty without ``overwrite``, holds other things than a
+        converted dataset, or cannot be written; or if ``spec`` cannot be loaded.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import torch
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> ds = ImageDataset(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), ["a", "b"], "toy")
+    >>> out = convert_dataset(ds, os.path.join(tmp.name, "toy"))
+    >>> sorted(p.name for p in out.iterdir())
+    ['class_names.json', 'images.npy', 'labels.npy']
+    >>> back = load_npy_dir(out)
+    >>> back.name, back.storage, back.class_names
+    ('npy:toy', 'memmap-uint8', ['a', 'b'])
+    >>> del back
+    >>> tmp.cleanup()
+    """
     import json
     import tempfile
 
@@ -658,8 +1113,35 @@ def convert_dataset(spec: str | ImageDataset, out: str | Path, *, overwrite: boo
 
 
 def load_dataset(spec: str) -> ImageDataset:
-    """Load a dataset from a spec string: ``mnist10k``, ``digits``, ``npz:PATH``, ``folder:PATH``,
-    ``idx:IMAGES,LABELS``, ``npy:DIR`` (memory-mapped)."""
+    """Load a dataset from a spec string (the same strings in the CLI and the app).
+
+    Specs: ``mnist10k``, ``digits``, ``npz:PATH`` (or a bare path ending in ``.npz``),
+    ``folder:PATH``, ``idx:IMAGES,LABELS``, ``npy:DIR`` (memory-mapped). The kind is case-insensitive.
+
+    Parameters
+    ----------
+    spec : str
+        The spec.
+
+    Returns
+    -------
+    ImageDataset
+        What the matching loader returns.
+
+    Raises
+    ------
+    BadInput
+        If the spec is empty or unknown, or the loader refuses the data.
+
+    Examples
+    --------
+    >>> load_dataset("mnist10k").name
+    'mnist10k'
+    >>> load_dataset("cifar10")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: unknown dataset spec 'cifar10'; use one of: mnist10k, digits, npz:PATH, folder:PATH, idx:IMAGES,LABELS, npy:DIR
+    """
     require(isinstance(spec, str) and spec.strip() != "", "empty dataset spec")
     spec = spec.strip()
     kind, _, arg = spec.partition(":")
@@ -689,7 +1171,36 @@ DATASET_SPECS = ("mnist10k", "digits", "npz:PATH", "folder:PATH", "idx:IMAGES,LA
 
 def train_test_split(ds: ImageDataset, test_fraction: float = 0.2, seed: int = 0
                      ) -> tuple[ImageDataset, ImageDataset]:
-    """A seeded, stratified split; each part's ``indices`` point into ``ds``."""
+    """A seeded, stratified split; each part's ``indices`` point into ``ds``.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The data; every class present needs at least two samples.
+    test_fraction : float, default 0.2
+        Share of samples in the test part, in (0, 1); the test part has ``round(test_fraction · N)``.
+    seed : int, default 0
+        Seed of the split (scikit-learn's ``train_test_split``).
+
+    Returns
+    -------
+    tuple of ImageDataset
+        ``(train, test)``, named ``NAME/train`` and ``NAME/test``, each in the original order.
+
+    Raises
+    ------
+    BadInput
+        If ``test_fraction`` is outside (0, 1), a class has a single sample, or either part would be
+        smaller than the number of classes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ds = ImageDataset(torch.zeros(10, 1, 2, 2), torch.tensor([0, 1] * 5), ["a", "b"], "toy")
+    >>> train, test = train_test_split(ds, 0.2, seed=0)
+    >>> len(train), len(test), test.class_counts(), test.name
+    (8, 2, [1, 1], 'toy/test')
+    """
     from sklearn.model_selection import train_test_split as sk_split
 
     require(0.0 < test_fraction < 1.0, f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -708,7 +1219,36 @@ def train_test_split(ds: ImageDataset, test_fraction: float = 0.2, seed: int = 0
 
 
 def stratified_subset(ds: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
-    """A seeded stratified sample of ``n`` examples (for quick runs and tests)."""
+    """A seeded stratified sample of ``n`` examples (for quick runs and tests).
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The data.
+    n : int
+        How many samples, in ``1..len(ds)``.
+    seed : int, default 0
+        Seed of the draw.
+
+    Returns
+    -------
+    ImageDataset
+        ``n`` samples with the class proportions of ``ds``, named ``NAME[n]``; ``ds`` itself when
+        ``n == len(ds)``.
+
+    Raises
+    ------
+    BadInput
+        If ``n`` is out of range, or too small to hold every class (see :func:`train_test_split`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> ds = ImageDataset(torch.zeros(10, 1, 2, 2), torch.tensor([0, 1] * 5), ["a", "b"], "toy")
+    >>> part = stratified_subset(ds, 4)
+    >>> part.name, part.class_counts()
+    ('toy[4]', [2, 2])
+    """
     require(1 <= n <= len(ds), f"n must be in 1..{len(ds)}, got {n}")
     if n == len(ds):
         return ds
@@ -769,10 +1309,52 @@ def as_dataset(data, labels=None, *, class_names: list[str] | None = None, num_c
     ``data`` may be an :class:`ImageDataset` (returned as is), a spec string (:func:`load_dataset`),
     images with ``labels`` given separately, an ``(images, labels)`` pair of tensors or arrays, or a
     ``torch.utils.data.Dataset`` / ``DataLoader`` yielding ``(x, y)`` (or dicts with ``pixel_values``
-    / ``image`` and ``label(s)``). Images may be N×H×W, N×C×H×W or channels-last N×H×W×C; uint8
-    0-255 or float in [0, 1]. Normalised float images are mapped back to pixels with ``mean`` and
-    ``std`` (per channel); labels may have any integer dtype. ``num_classes`` (e.g. the model's)
-    sets the class count when the labels do not show every class.
+    / ``images`` / ``image`` / ``x`` and ``labels`` / ``label`` / ``y``).
+
+    Parameters
+    ----------
+    data : ImageDataset, str, tensor, array, tuple, Dataset or DataLoader
+        The data (see above). Images N×H×W, N×C×H×W or channels-last N×H×W×C (C in 1 or 3; a 4th
+        alpha channel is dropped); uint8 or integers 0-255, or floats in [0, 1].
+    labels : tensor or array, optional
+        N labels of any integer dtype (or integral floats) when ``data`` is images only.
+    class_names : list of str, optional
+        One name per class (default: ``"0"``..max label).
+    num_classes : int, optional
+        The class count (≥ 2) when the labels do not show every class (e.g. the model's).
+    name : str, optional
+        The dataset's name (default ``"arrays"`` or the Dataset's class name).
+    mean, std : sequence of float, optional
+        A per-channel normalisation to undo (``x · std + mean``) for normalised float images; give
+        both or neither.
+    layout : {"nhwc", "nchw"}, optional
+        Force the channel axis of 4-d images (default: inferred).
+    batch_size : int, default 256
+        Batch size for reading a ``Dataset``.
+
+    Returns
+    -------
+    ImageDataset
+        uint8 storage for integer images, float32 for float images.
+
+    Raises
+    ------
+    BadInput
+        If ``data`` is of an unsupported kind, labels are given twice, only one of ``mean``/``std`` is
+        given (or they are given for integer images), or the arrays do not form a dataset (rank, channel
+        axis, value range, NaN, length mismatch, fewer than two classes, non-integer labels).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> ds = as_dataset(np.zeros((4, 5, 5, 3), np.uint8), np.array([0, 1, 2, 1]))
+    >>> ds.input_shape, ds.class_names, ds.name, ds.storage
+    ((3, 5, 5), ['0', '1', '2'], 'arrays', 'uint8')
+    >>> as_dataset((torch.zeros(2, 1, 4, 4), torch.tensor([0, 1])), num_classes=4).class_names
+    ['0', '1', '2', '3']
+    >>> as_dataset((torch.full((2, 1, 2, 2), -1.0), torch.tensor([0, 1])), mean=[0.5], std=[0.5]).images.max().item()
+    0.0
     """
     if isinstance(data, ImageDataset):
         require(labels is None, "labels are given twice: the dataset already has labels")
@@ -815,8 +1397,28 @@ def as_dataset(data, labels=None, *, class_names: list[str] | None = None, num_c
 
 
 def fingerprint(ds: ImageDataset) -> str:
-    """A short hash of a dataset (shape, every label, up to 256 evenly spaced images): enough to tell
-    the dataset a model was trained on from another one."""
+    """A short hash of a dataset: enough to tell the dataset a model was trained on from another one.
+
+    It covers the shape, every label and up to 256 evenly spaced images (as 0-255 grey levels); not
+    the name.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The data.
+
+    Returns
+    -------
+    str
+        16 hexadecimal characters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ds = ImageDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), ["a", "b"], "toy")
+    >>> len(fingerprint(ds)), fingerprint(ds) == fingerprint(ds.with_labels([1, 0, 0, 1]))
+    (16, False)
+    """
     import hashlib
 
     h = hashlib.sha256()
@@ -829,7 +1431,21 @@ def fingerprint(ds: ImageDataset) -> str:
 
 @dataclass
 class HeldOut:
-    """The evaluation data of a trained model on a dataset, and how it was chosen."""
+    """The evaluation data of a trained model on a dataset, and how it was chosen.
+
+    Parameters
+    ----------
+    data : ImageDataset
+        The samples to evaluate on.
+    reproduced : bool
+        True: the model's own held-out split was rebuilt; False: every sample is used.
+    note : str
+        One sentence for reports saying which data this is.
+
+    Returns
+    -------
+    A HeldOut (dataclass)
+    """
 
     data: ImageDataset
     reproduced: bool  # True: the model's own held-out split; False: every sample
@@ -837,9 +1453,35 @@ class HeldOut:
 
 
 def held_out(ds: ImageDataset, provenance: dict | None) -> HeldOut:
-    """The test split a model was *not* trained on, from its card's provenance (seed, test fraction,
-    dataset fingerprint): the same seeded stratified split when ``ds`` is the training run's dataset;
-    every sample otherwise (a dataset the model never saw, or a model trained elsewhere), with a note.
+    """The test split a model was *not* trained on, from its card's provenance.
+
+    When ``ds`` is the training run's dataset (same fingerprint, or, without one, the same size), the
+    same seeded stratified split is rebuilt and its test part returned; otherwise (a dataset the model
+    never saw, or a model trained elsewhere) every sample is, with a note saying why.
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The data to evaluate on.
+    provenance : dict or None
+        A :class:`~workbench.models.ModelCard`'s provenance: ``seed``, ``test_fraction`` and
+        ``data_fingerprint`` (or ``n_train`` / ``n_test``) as :func:`workbench.training.train_classifier`
+        records them.
+
+    Returns
+    -------
+    HeldOut
+        The data, whether the split was reproduced, and a note.
+
+    Examples
+    --------
+    >>> import torch
+    >>> ds = ImageDataset(torch.rand(10, 1, 2, 2), torch.tensor([0, 1] * 5), ["a", "b"], "toy")
+    >>> h = held_out(ds, {"seed": 0, "test_fraction": 0.2, "data_fingerprint": fingerprint(ds)})
+    >>> h.reproduced, len(h.data)
+    (True, 2)
+    >>> held_out(ds, None).reproduced
+    False
     """
     prov = provenance or {}
     seed, frac, fp = prov.get("seed"), prov.get("test_fraction"), prov.get("data_fingerprint")

@@ -48,7 +48,47 @@ def attack_run(attack: str = "badnets", data: str = "mnist10k", rate: float = 0.
                seed: int = 0, epochs: int = 0, model: str = "cnn", mode: str = "dirty", patch_size: int = 3,
                position: str = "bottom-right", pattern: str = "solid", alpha: float = 0.15,
                pattern_seed: int = 0, device: str = "cpu") -> dict[str, float]:
-    """One ``workbench attack badnets|blended`` run (the same library call, same seeds): CA, ASR, RA."""
+    """One ``workbench attack badnets|blended`` run (the same library call, the same seeds): CA, ASR, RA.
+
+    Calls :func:`attacks.backdoor.run_backdoor_attack`: poison ``rate`` of the training set, train the
+    victim, measure it on the clean and the triggered test set.
+
+    Parameters
+    ----------
+    attack : {"badnets", "blended"}, default "badnets"
+        The trigger: a patch (BadNets) or a blended pattern.
+    data : str, default "mnist10k"
+        Dataset spec.
+    rate : float, default 0.05
+        Share of the training set poisoned.
+    target : int, default 0
+        The attack's target class.
+    seed : int, default 0
+        Seeds the poisoning, the split and the training.
+    epochs : int, default 0
+        Training epochs (0: the architecture's default).
+    model : str, default "cnn"
+        Victim architecture.
+    mode : str, default "dirty"
+        ``"dirty"`` (relabel poisoned samples) or ``"clean"`` (clean-label: only target-class samples).
+    patch_size, position, pattern
+        BadNets trigger: patch side (default 3), corner (default ``"bottom-right"``), pattern (default
+        ``"solid"``).
+    alpha, pattern_seed
+        Blended trigger: blend weight (default 0.15) and the seed of its random pattern (default 0).
+    device : str, default "cpu"
+        Where to train.
+
+    Returns
+    -------
+    dict of str to float
+        ``{"CA": clean accuracy, "ASR": attack success rate, "RA": robust accuracy}``, each in [0, 1].
+
+    Raises
+    ------
+    BadInput
+        If ``attack`` is neither ``badnets`` nor ``blended``, or the attack refuses a parameter.
+    """
     from attacks.backdoor import run_backdoor_attack
 
     require(attack in ("badnets", "blended"), f"attack must be badnets or blended, got {attack!r}")
@@ -63,7 +103,34 @@ def attack_run(attack: str = "badnets", data: str = "mnist10k", rate: float = 0.
 
 def train_run(data: str = "mnist10k", model: str = "cnn", epochs: int = 0, seed: int = 0,
               test_fraction: float = 0.2, device: str = "cpu") -> dict[str, float]:
-    """One ``workbench train`` run: test accuracy."""
+    """One ``workbench train`` run: the test accuracy of a fresh model on a seeded split.
+
+    Parameters
+    ----------
+    data : str, default "mnist10k"
+        Dataset spec.
+    model : str, default "cnn"
+        Architecture.
+    epochs : int, default 0
+        Training epochs (0: the architecture's default).
+    seed : int, default 0
+        Seeds the split and the training.
+    test_fraction : float, default 0.2
+        Held-out share.
+    device : str, default "cpu"
+        Where to train.
+
+    Returns
+    -------
+    dict of str to float
+        ``{"test_accuracy": ...}``, in [0, 1].
+
+    Raises
+    ------
+    BadInput
+        If the data, the architecture or a parameter is refused (see
+        :func:`workbench.training.train_classifier`).
+    """
     from .training import train_classifier
 
     t = train_classifier(data, model, epochs=epochs or None, seed=seed, test_fraction=test_fraction, device=device)
@@ -79,26 +146,107 @@ MARKER = "sweep.json"
 
 
 def run_unit(command: str, params: dict) -> dict[str, float]:
-    """What each task executes (importable by Ray workers)."""
+    """What each sweep task executes: ``SWEEP_COMMANDS[command](**params)`` (importable by Ray workers).
+
+    Parameters
+    ----------
+    command : str
+        A key of :data:`SWEEP_COMMANDS`.
+    params : dict
+        The command's keyword arguments for this run.
+
+    Returns
+    -------
+    dict of str to float
+        The run's metrics.
+
+    Raises
+    ------
+    KeyError
+        If the command is unknown (:func:`parse_sweep` has checked it before).
+    """
     return SWEEP_COMMANDS[command](**params)
 
 
 # ---------------------------------------------------------------- the sweep file
 @dataclass
 class SweepSpec:
+    """A parsed sweep: the command, the parameters fixed for every run, and the grid.
+
+    Parameters
+    ----------
+    command : str
+        A key of :data:`SWEEP_COMMANDS`.
+    fixed : dict
+        Parameter → value for every run (the file's ``[params]``).
+    grid : dict
+        Parameter → list of values (the file's ``[grid]``); every combination is one run.
+
+    Returns
+    -------
+    A SweepSpec (dataclass)
+        :meth:`runs` lists the runs' parameters.
+    """
     command: str
     fixed: dict[str, Any]
     grid: dict[str, list]
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every combination of the grid over the fixed parameters, in file order."""
+        """Every combination of the grid over the fixed parameters, in file order (last grid key fastest).
+
+        Parameters: none
+
+        Returns
+        -------
+        list of dict
+            One parameter dict per run.
+
+        Examples
+        --------
+        >>> SweepSpec("train", {"epochs": 1}, {"seed": [0, 1], "model": ["cnn"]}).runs()
+        [{'epochs': 1, 'seed': 0, 'model': 'cnn'}, {'epochs': 1, 'seed': 1, 'model': 'cnn'}]
+        """
         names = list(self.grid)
         return [{**self.fixed, **dict(zip(names, combo))} for combo in itertools.product(*self.grid.values())]
 
 
 def parse_sweep(spec: dict | str | Path) -> SweepSpec:
-    """A sweep from a TOML file (path), TOML text or a dict; BadInput naming an unknown command or
-    parameter, an empty grid or a value of the wrong form."""
+    """A sweep from a TOML file, TOML text or a dict, checked before anything runs.
+
+    Parameters
+    ----------
+    spec : dict, str or Path
+        A dict with ``command``, ``params`` (optional) and ``grid``; TOML text of that form; or the path
+        of a ``.toml`` file (a one-line string ending in ``.toml``, or a ``Path``).
+
+    Returns
+    -------
+    SweepSpec
+
+    Raises
+    ------
+    BadInput
+        If the file is missing or not valid TOML, a top-level key other than ``command``, ``params``,
+        ``grid`` appears, the command is unknown, a parameter is not one of the command's, a
+        parameter is both fixed and in the grid, the grid is empty, or a grid value is not a non-empty
+        list without repeats.
+
+    Examples
+    --------
+    >>> sweep = parse_sweep('''
+    ... command = "train"
+    ... [params]
+    ... data = "digits"
+    ... [grid]
+    ... seed = [0, 1, 2]
+    ... ''')
+    >>> sweep.command, sweep.fixed, len(sweep.runs())
+    ('train', {'data': 'digits'}, 3)
+    >>> parse_sweep({"command": "train", "grid": {"lr": [0.1]}})
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: sweep: unknown parameter 'lr' for command 'train'; its parameters: data, model, epochs, seed, test_fraction, device
+    """
     if isinstance(spec, Path) or (isinstance(spec, str) and "\n" not in spec and spec.endswith(".toml")):
         path = Path(spec)
         if not path.is_file():
@@ -135,7 +283,26 @@ def parse_sweep(spec: dict | str | Path) -> SweepSpec:
 
 
 def run_key(command: str, params: dict) -> str:
-    """A run's identity: a hash of its command and every parameter value."""
+    """A run's identity: a hash of its command and every parameter value (key order does not matter).
+
+    Parameters
+    ----------
+    command : str
+        The sweep command.
+    params : dict
+        Every parameter of the run (JSON-serialisable).
+
+    Returns
+    -------
+    str
+        16 hexadecimal characters; the run's file is ``runs/KEY.json``.
+
+    Examples
+    --------
+    >>> key = run_key("train", {"seed": 0, "data": "digits"})
+    >>> len(key), key == run_key("train", {"data": "digits", "seed": 0}), key == run_key("train", {"seed": 1, "data": "digits"})
+    (16, True, False)
+    """
     text = json.dumps({"command": command, "params": params}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -143,7 +310,33 @@ def run_key(command: str, params: dict) -> str:
 # ---------------------------------------------------------------- running and gathering
 @dataclass
 class SweepResult:
-    """Every run's parameters and metrics, what failed, what was skipped as already finished."""
+    """Every run's parameters and metrics, what failed, what was skipped as already finished.
+
+    Parameters
+    ----------
+    command : str
+        The sweep command.
+    grid : dict
+        Parameter → values.
+    fixed : dict
+        Parameters fixed for every run.
+    rows : list of dict
+        One per run, in grid order: ``key``, the grid parameters, ``status`` (``"ok"`` or
+        ``"failed"``), each metric, or ``error``.
+    metrics : list of str
+        Metric names, in the order first seen.
+    n_run, n_skipped, n_failed : int
+        Runs made now, skipped as finished before, and failed.
+    seconds : float
+        Wall time of the runs made now.
+    figures : dict of str to bytes, default {}
+        Metric → PNG of its mean ± sd plot.
+
+    Returns
+    -------
+    A SweepResult (dataclass)
+        :meth:`summary_rows` and :meth:`report_sections`.
+    """
 
     command: str
     grid: dict[str, list]
@@ -157,7 +350,25 @@ class SweepResult:
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def summary_rows(self) -> list[dict[str, Any]]:
-        """Mean and standard deviation over seeds for each combination of the other grid parameters."""
+        """Mean and standard deviation over seeds for each combination of the other grid parameters.
+
+        Only successful runs count; the sd is the sample standard deviation (n − 1), 0 for one run.
+
+        Parameters: none
+
+        Returns
+        -------
+        list of dict
+            One per combination: the grid parameters other than ``seed``, ``runs``, and ``METRIC`` and
+            ``METRIC sd`` for each metric.
+
+        Examples
+        --------
+        >>> res = SweepResult("train", {"seed": [0, 1]}, {}, [{"key": "a", "seed": 0, "status": "ok", "acc": 0.9},
+        ...                   {"key": "b", "seed": 1, "status": "ok", "acc": 0.7}], ["acc"], 2, 0, 0, 1.0)
+        >>> [{k: round(v, 4) for k, v in row.items()} for row in res.summary_rows()]
+        [{'runs': 2, 'acc': 0.8, 'acc sd': 0.1414}]
+        """
         groups: dict[tuple, list[dict]] = {}
         keys = [k for k in self.grid if k != "seed"]
         for r in self.rows:
@@ -176,6 +387,16 @@ class SweepResult:
         return out
 
     def report_sections(self):
+        """The report's sections: the sweep's counts, the mean ± sd table, one figure per metric, every run,
+        and the failed runs.
+
+        Parameters: none
+
+        Returns
+        -------
+        list
+            :mod:`workbench.report` sections.
+        """
         from .report import Figure, Metrics, Table, Text
 
         cols = ["key", *self.grid, "status", *self.metrics]
@@ -233,11 +454,60 @@ def _check_out(out: Path) -> None:
 def run_sweep(spec: dict | str | Path | SweepSpec, out: str | Path, *, ray_address: str | None = None,
               threads: int | None = 1, num_gpus: float = 0, plots: bool = True,
               progress: Callable[[float, str], None] | None = None) -> SweepResult:
-    """Run every combination of ``spec``'s grid not finished in ``out`` before, each as one unit of
-    :func:`~workbench.backend.run_tasks` (``ray_address`` None: serially here; ``"local"``,
-    ``"auto"``, ``"HOST:PORT"``: Ray tasks with ``threads`` CPUs and ``num_gpus`` GPUs each), and
-    write ``runs/KEY.json`` per run, ``results.csv``, ``results.json``, ``plot_METRIC.png`` and the
-    report (``report.html``, ``report.json``) into ``out``."""
+    """Run every combination of a sweep's grid not finished in ``out`` before, and gather the results.
+
+    Each run is one unit of :func:`~workbench.backend.run_tasks`; its JSON is written to
+    ``out/runs/KEY.json`` as soon as it finishes, so re-running skips finished runs. Then ``out`` gets
+    ``results.csv``, ``results.json``, ``plot_METRIC.png`` (one per metric, with ``plots``) and the
+    report (``report.html``, ``report.json``); ``sweep.json`` marks the folder as a sweep's.
+
+    Parameters
+    ----------
+    spec : dict, str, Path or SweepSpec
+        The sweep (see :func:`parse_sweep`).
+    out : str or Path
+        The output folder: new, empty, or an earlier run of a sweep.
+    ray_address : str, optional
+        None (default): serially in this process; ``"local"``, ``"auto"``, ``"HOST:PORT"``: Ray tasks.
+    threads : int, optional, default 1
+        Torch threads, and Ray CPUs, per run.
+    num_gpus : float, default 0
+        GPUs per Ray task.
+    plots : bool, default True
+        Draw the mean ± sd plot of each metric (matplotlib).
+    progress : callable, optional
+        ``progress(fraction, message)`` as runs finish.
+
+    Returns
+    -------
+    SweepResult
+
+    Raises
+    ------
+    BadInput
+        If the sweep is invalid, ``out`` is a file or holds other things than a sweep, ``out`` cannot be
+        written, or Ray is asked for and unavailable. A run that fails does not raise: it is a row with
+        status ``failed``.
+
+    Examples
+    --------
+    A sweepable command is a module-level function returning a flat dict of numbers, registered in
+    :data:`SWEEP_COMMANDS` (here a toy one, removed at the end):
+
+    >>> import tempfile
+    >>> def toy(x: int = 0, seed: int = 0) -> dict:
+    ...     return {"y": float(x * x + seed)}
+    >>> SWEEP_COMMANDS["toy"] = toy
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> spec = {"command": "toy", "grid": {"x": [1, 2], "seed": [0, 1]}}
+    >>> res = run_sweep(spec, tmp.name, plots=False)
+    >>> res.n_run, res.n_failed, [(r["x"], r["seed"], r["y"]) for r in res.rows]
+    (4, 0, [(1, 0, 1.0), (1, 1, 2.0), (2, 0, 4.0), (2, 1, 5.0)])
+    >>> run_sweep(spec, tmp.name, plots=False).n_skipped  # finished runs are not run again
+    4
+    >>> del SWEEP_COMMANDS["toy"]
+    >>> tmp.cleanup()
+    """
     sweep = spec if isinstance(spec, SweepSpec) else parse_sweep(spec)
     out = Path(out)
     _check_out(out)

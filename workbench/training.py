@@ -28,7 +28,25 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[t
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a CPU generator seeded with ``seed``."""
+    """Seed Python's, NumPy's and torch's global generators; return a CPU generator seeded with ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        The seed (NumPy gets ``seed % 2**32``).
+
+    Returns
+    -------
+    torch.Generator
+        A fresh CPU generator, ``torch.Generator().manual_seed(seed)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a = torch.rand(3, generator=seed_everything(0))
+    >>> torch.equal(a, torch.rand(3, generator=seed_everything(0)))
+    True
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -36,7 +54,32 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` picks CUDA when present; anything else must name an available device."""
+    """The torch device to run on: ``"auto"`` / ``None`` picks CUDA when present, else the CPU.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"auto"``, ``None``, or a device that must be available here (``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``, ``"mps"``).
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    BadInput
+        If the string names no device, or CUDA / MPS is asked for but not available.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("tpu0")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: unknown device 'tpu0': Invalid device string: 'tpu0'
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -51,7 +94,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def random_shift(max_shift: int = 2) -> BatchTransform:
-    """Augmentation: translate each image by up to ``max_shift`` pixels (zero fill), batched."""
+    """Augmentation: translate each image by up to ``max_shift`` pixels in each direction (zero fill).
+
+    Batched: one random shift per image, drawn from the training loop's generator.
+
+    Parameters
+    ----------
+    max_shift : int, default 2
+        Largest shift in pixels, ≥ 0 (``train_on_split`` uses ``max(1, min(H, W) // 14)``).
+
+    Returns
+    -------
+    callable
+        A :data:`BatchTransform` ``(x, y, generator) -> (x_shifted, y)``; ``x`` N×C×H×W keeps its shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(4, 1, 3, 3)
+    >>> x[:, 0, 1, 1] = 1.0
+    >>> out, y = random_shift(1)(x, torch.arange(4), torch.Generator().manual_seed(0))
+    >>> out.shape, out.sum((1, 2, 3)).tolist()
+    (torch.Size([4, 1, 3, 3]), [1.0, 1.0, 1.0, 1.0])
+    """
 
     def transform(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
         n, _, h, w = x.shape
@@ -68,7 +133,33 @@ def random_shift(max_shift: int = 2) -> BatchTransform:
 
 
 def gaussian_noise(sigma: float) -> BatchTransform:
-    """Augmentation: add N(0, sigma²) noise in [0, 1] pixel space (randomized-smoothing training)."""
+    """Augmentation: add N(0, sigma²) noise in [0, 1] pixel space (training for randomized smoothing).
+
+    The noisy images are not clipped to [0, 1].
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation of the noise, ≥ 0.
+
+    Returns
+    -------
+    callable
+        A :data:`BatchTransform` ``(x, y, generator) -> (x + sigma·noise, y)``.
+
+    Raises
+    ------
+    BadInput
+        If ``sigma < 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, 1, 64, 64)
+    >>> out, _ = gaussian_noise(0.5)(x, torch.zeros(2), torch.Generator().manual_seed(0))
+    >>> round(out.std().item(), 1)
+    0.5
+    """
     require(sigma >= 0, f"sigma must be >= 0, got {sigma}")
 
     def transform(x, y, gen):
@@ -79,6 +170,27 @@ def gaussian_noise(sigma: float) -> BatchTransform:
 
 
 def compose(*transforms: BatchTransform | None) -> BatchTransform | None:
+    """Chain batch transforms, skipping ``None``s, applied left to right.
+
+    Parameters
+    ----------
+    *transforms : BatchTransform or None
+        The transforms.
+
+    Returns
+    -------
+    BatchTransform or None
+        One transform applying each in turn; ``None`` when none is given.
+
+    Examples
+    --------
+    >>> compose(None, None) is None
+    True
+    >>> import torch
+    >>> x, _ = compose(None, gaussian_noise(0.0))(torch.ones(1, 1, 2, 2), torch.zeros(1), torch.Generator())
+    >>> x.sum().item()
+    4.0
+    """
     ts = [t for t in transforms if t is not None]
     if not ts:
         return None
@@ -93,6 +205,23 @@ def compose(*transforms: BatchTransform | None) -> BatchTransform | None:
 
 @dataclass
 class FitHistory:
+    """What :func:`fit` measured: loss and training accuracy per epoch, wall time.
+
+    Parameters
+    ----------
+    epochs : int
+        Epochs trained.
+    loss : list of float
+        Mean training loss per epoch (with the batch transform applied).
+    train_accuracy : list of float
+        Share of training batches' samples predicted right per epoch (0.0 with soft labels).
+    seconds : float, default 0.0
+        Wall time of the training loop.
+
+    Returns
+    -------
+    A FitHistory (dataclass)
+    """
     epochs: int
     loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
@@ -112,9 +241,64 @@ def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor]
         device: str | torch.device | None = "cpu", transform: BatchTransform | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         schedule: str = "onecycle", progress: Progress | None = None) -> FitHistory:
-    """Train ``model`` in place with AdamW (one-cycle learning rate by default).
+    """Train ``model`` in place with AdamW (one-cycle learning rate by default), then put it in eval mode.
 
-    ``loss_fn(logits, labels)`` defaults to cross-entropy; ``transform`` augments each batch.
+    Seeded: the shuffling and the batch transform draw from one generator seeded with ``seed`` (the
+    model's initialisation is the caller's). Batches are read from the data one at a time, so uint8 and
+    memory-mapped storage stay as they are.
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        The model; a callable or a transformers model is wrapped by :func:`~workbench.adapter.as_model`
+        (its parameters are still trained in place).
+    data : ImageDataset, tuple of tensors, or anything :func:`~workbench.data.as_dataset` takes
+        The training data. A pair ``(x, y)`` whose ``x`` is a float tensor is used as it is (also for
+        non-image inputs and soft labels N×K with a matching ``loss_fn``).
+    epochs : int, default 6
+        Passes over the data, ≥ 1.
+    batch_size : int, default 128
+        ≥ 1; the last batch of an epoch may be smaller.
+    lr : float, default 3e-3
+        Peak learning rate (> 0).
+    weight_decay : float, default 1e-4
+        AdamW weight decay.
+    seed : int, default 0
+        Seed of the shuffling and the augmentation.
+    device : str, torch.device or None, default "cpu"
+        Where to train (see :func:`resolve_device`).
+    transform : BatchTransform, optional
+        Applied to each training batch, e.g. :func:`random_shift` or :func:`gaussian_noise`.
+    loss_fn : callable, optional
+        ``loss_fn(logits, labels) -> scalar``; default cross-entropy.
+    schedule : {"onecycle", "constant"}, default "onecycle"
+        One-cycle (25% warm-up) or a constant learning rate.
+    progress : callable, optional
+        ``progress(fraction, message)``, called every 10 batches and at the end of each epoch.
+
+    Returns
+    -------
+    FitHistory
+        Loss and training accuracy per epoch and the training time.
+
+    Raises
+    ------
+    BadInput
+        If the data is empty or its images and labels differ in length, ``epochs`` or ``batch_size``
+        is < 1, ``lr`` ≤ 0, the schedule is unknown or the device unavailable.
+    FloatingPointError
+        If the loss becomes NaN or infinite (training diverged).
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> x = torch.rand(64, 1, 2, 2)
+    >>> y = (x.mean((1, 2, 3)) > 0.5).long()
+    >>> hist = fit(net, (x, y), epochs=3, batch_size=16, lr=0.1)
+    >>> len(hist.loss), hist.loss[-1] < hist.loss[0], net.training
+    (3, True, False)
     """
     x_all, y_all = _as_tensors(data)
     require(len(x_all) > 0, "cannot train on an empty dataset")
@@ -175,8 +359,33 @@ def _needs_adapter(model: nn.Module) -> bool:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512,
                    device: str | torch.device | None = None) -> torch.Tensor:
-    """Logits for every image (eval mode, batched); returned on the CPU. ``images`` may be a tensor or
-    an :class:`~workbench.data.ImageView` (``ds.pixels``), read one batch at a time."""
+    """Logits for every image, in eval mode and batches; returned on the CPU.
+
+    The model's training mode is restored afterwards; gradients are off.
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        Any model :func:`~workbench.adapter.as_model` takes.
+    images : torch.Tensor or ImageView
+        N×C×H×W images in [0, 1], or ``ds.pixels`` (read one batch at a time).
+    batch_size : int, default 512
+        Images per forward pass.
+    device : str, torch.device or None, default None
+        Where to run; default the model's own device.
+
+    Returns
+    -------
+    torch.Tensor
+        N×K float32 logits on the CPU (an empty tensor for no images).
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> predict_logits(net, torch.zeros(5, 1, 2, 2), batch_size=2).shape
+    torch.Size([5, 3])
+    """
     model = as_model(model)
     dev = resolve_device(device) if device is not None else model_device(model)
     was_training = model.training
@@ -187,26 +396,116 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Softmax class probabilities N×K."""
+    """Softmax class probabilities N×K (see :func:`predict_logits`).
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        Any model :func:`~workbench.adapter.as_model` takes.
+    images : torch.Tensor or ImageView
+        N×C×H×W images in [0, 1].
+    **kwargs
+        ``batch_size`` and ``device``, as for :func:`predict_logits`.
+
+    Returns
+    -------
+    torch.Tensor
+        N×K probabilities on the CPU; each row sums to 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> predict_proba(net, torch.rand(2, 1, 2, 2)).sum(1).round(decimals=5).tolist()
+    [1.0, 1.0]
+    """
     return predict_logits(model, images, **kwargs).softmax(1)
 
 
 @dataclass
 class Evaluation:
+    """Accuracy and confusion matrix of a model on a dataset.
+
+    Parameters
+    ----------
+    accuracy : float
+        Share of samples predicted right, in [0, 1].
+    confusion : numpy.ndarray
+        K×K counts; rows are the true class, columns the predicted one.
+    n : int
+        Number of samples evaluated.
+
+    Returns
+    -------
+    An Evaluation (dataclass)
+    """
     accuracy: float
     confusion: np.ndarray  # K×K, rows = true class, columns = predicted
     n: int
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        N true classes in ``0..K-1``.
+    preds : torch.Tensor
+        N predicted classes in ``0..K-1``.
+    num_classes : int
+        K.
+
+    Returns
+    -------
+    numpy.ndarray
+        K×K int64 counts; rows are the true class, columns the predicted one.
+
+    Examples
+    --------
+    >>> import torch
+    >>> confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]), 2).tolist()
+    [[1, 0], [1, 1]]
+    """
     idx = labels.long() * num_classes + preds.long()
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes).numpy()
 
 
 def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
              device: str | torch.device | None = None) -> Evaluation:
-    """Accuracy and confusion matrix of ``model`` on ``data`` (any form :func:`~workbench.data.as_dataset`
-    takes)."""
+    """Accuracy and confusion matrix of ``model`` on ``data``.
+
+    Parameters
+    ----------
+    model : nn.Module or callable
+        Any model :func:`~workbench.adapter.as_model` takes.
+    data : ImageDataset or anything :func:`~workbench.data.as_dataset` takes
+        The evaluation data.
+    batch_size : int, default 512
+        Images per forward pass.
+    device : str, torch.device or None, default None
+        Where to run; default the model's device.
+
+    Returns
+    -------
+    Evaluation
+        Accuracy, K×K confusion matrix (K = the data's classes) and N.
+
+    Raises
+    ------
+    BadInput
+        If ``data`` is not usable (see :func:`~workbench.data.as_dataset`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> with torch.no_grad():
+    ...     _ = net[1].weight.zero_(), net[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    >>> ev = evaluate(net, (torch.zeros(4, 1, 2, 2), torch.tensor([0, 0, 1, 1])))
+    >>> ev.accuracy, ev.confusion.tolist(), ev.n
+    (0.5, [[2, 0], [2, 0]], 4)
+    """
     data = as_dataset(data)
     preds = predict_logits(model, data.pixels, batch_size=batch_size, device=device).argmax(1)
     return Evaluation(accuracy=float((preds == data.labels).float().mean()),
@@ -215,7 +514,27 @@ def evaluate(model: nn.Module, data: ImageDataset, *, batch_size: int = 512,
 
 @dataclass
 class TrainedClassifier:
-    """A zoo model trained on a seeded split, its evaluation and provenance."""
+    """A model trained on a seeded split, its evaluation and provenance.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The trained model, in eval mode.
+    card : ModelCard
+        Architecture, input shape, class names and provenance (data, seed, epochs, test accuracy,
+        training time, split sizes, test fraction and data fingerprint) for
+        :func:`~workbench.models.save_model`.
+    history : FitHistory
+        Loss and accuracy per epoch.
+    evaluation : Evaluation
+        On ``test``.
+    train, test : ImageDataset
+        The two parts of the split.
+
+    Returns
+    -------
+    A TrainedClassifier (dataclass)
+    """
 
     model: nn.Module
     card: ModelCard
@@ -226,6 +545,22 @@ class TrainedClassifier:
 
 
 def default_epochs(arch: str) -> int:
+    """The default number of training epochs for an architecture: 6 for ``cnn``, 8 otherwise.
+
+    Parameters
+    ----------
+    arch : str
+        The architecture (a zoo name or spec).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> default_epochs("cnn"), default_epochs("resnet")
+    (6, 8)
+    """
     return 6 if arch == "cnn" else 8
 
 
@@ -234,8 +569,58 @@ def train_classifier(data: str | ImageDataset = "mnist10k", arch: str = "cnn", *
                      augment: bool = True, batch_size: int | None = None, lr: float = 3e-3,
                      transform: BatchTransform | None = None, progress: Progress | None = None,
                      trust_code: bool = False) -> TrainedClassifier:
-    """Load ``data`` (a spec, a dataset, tensors, a torch Dataset), split it (seeded, stratified), train a
-    fresh ``arch`` (a zoo name, a factory spec or a transformers folder) and evaluate it."""
+    """Load ``data``, split it (seeded, stratified), train a fresh ``arch`` and evaluate it.
+
+    The default CNN on the embedded MNIST-10k reaches about 99% test accuracy in 6 epochs (about 35 s
+    on two CPU cores).
+
+    Parameters
+    ----------
+    data : str, ImageDataset or anything :func:`~workbench.data.as_dataset` takes, default "mnist10k"
+        A spec, a dataset, ``(images, labels)`` tensors, a torch ``Dataset``.
+    arch : str, default "cnn"
+        A zoo name (``cnn``, ``resnet``), a factory spec (``file.py:fn``) or a transformers folder
+        (see :func:`workbench.models.architecture`).
+    epochs : int, optional
+        Default :func:`default_epochs` of ``arch``.
+    seed : int, default 0
+        Seeds the split, the model's initialisation, the shuffling and the augmentation.
+    test_fraction : float, default 0.2
+        Held-out share, in (0, 1).
+    device : str, torch.device or None, default "cpu"
+        Where to train (see :func:`resolve_device`).
+    augment : bool, default True
+        Add small random shifts (:func:`random_shift`).
+    batch_size : int, optional
+        Default ``min(128, max(16, len(train) // 40))``.
+    lr : float, default 3e-3
+        Peak learning rate.
+    transform : BatchTransform, optional
+        A further batch transform, applied after the shift (e.g. :func:`gaussian_noise`).
+    progress : callable, optional
+        ``progress(fraction, message)``.
+    trust_code : bool, default False
+        Allow a model folder's card to name a factory (importing it runs its code).
+
+    Returns
+    -------
+    TrainedClassifier
+        The model, its card, history, evaluation and the two parts of the split.
+
+    Raises
+    ------
+    BadInput
+        If the data cannot be loaded or split, the architecture is unknown or the device unavailable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> toy = (torch.rand(40, 1, 8, 8, generator=g), torch.arange(40) % 2)
+    >>> t = train_classifier(toy, "cnn", epochs=1, seed=0)
+    >>> len(t.train), len(t.test), t.card.input_shape, t.card.provenance["epochs"]
+    (32, 8, (1, 8, 8), 1)
+    """
     ds = as_dataset(data)
     train, test = train_test_split(ds, test_fraction, seed)
     return train_on_split(train, test, arch, epochs=epochs, seed=seed, device=device, augment=augment,
@@ -252,9 +637,57 @@ def train_on_split(train: ImageDataset, test: ImageDataset, arch: str = "cnn", *
                    extra_provenance: dict | None = None, trust_code: bool = False) -> TrainedClassifier:
     """Train a fresh model on ``train`` (e.g. a poisoned training set) and evaluate it on ``test``.
 
-    ``arch`` is a zoo name, a factory spec (``file.py:fn``) or a transformers folder (see
-    :func:`workbench.models.architecture`). ``augment`` adds small random shifts; ``transform`` (e.g.
-    :func:`gaussian_noise`) runs after it.
+    Parameters
+    ----------
+    train, test : ImageDataset
+        Training and evaluation data, of the same image shape.
+    arch : str, default "cnn"
+        A zoo name, a factory spec (``file.py:fn``) or a transformers folder (see
+        :func:`workbench.models.architecture`).
+    epochs : int, optional
+        Default :func:`default_epochs` of ``arch``.
+    seed : int, default 0
+        Seeds the model's initialisation, the shuffling and the augmentation.
+    device : str, torch.device or None, default "cpu"
+        Where to train.
+    augment : bool, default True
+        Add random shifts of up to ``max(1, min(H, W) // 14)`` pixels.
+    batch_size : int, optional
+        Default ``min(128, max(16, len(train) // 40))``: at least ~40 steps an epoch, so small datasets
+        still converge.
+    lr : float, default 3e-3
+        Peak learning rate.
+    transform : BatchTransform, optional
+        Runs after the shift (e.g. :func:`gaussian_noise`).
+    progress : callable, optional
+        ``progress(fraction, message)``.
+    data_spec : str, optional
+        Recorded as the card's ``data`` (default ``train.name``).
+    extra_provenance : dict, optional
+        Merged into the card's provenance.
+    trust_code : bool, default False
+        Allow a model folder's card to name a factory (importing it runs its code).
+
+    Returns
+    -------
+    TrainedClassifier
+
+    Raises
+    ------
+    BadInput
+        If the train and test images differ in shape, the architecture is unknown or the device
+        unavailable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.data import ImageDataset
+    >>> g = torch.Generator().manual_seed(0)
+    >>> tr = ImageDataset(torch.rand(32, 1, 8, 8, generator=g), torch.arange(32) % 2, ["a", "b"], "tr")
+    >>> te = ImageDataset(torch.rand(8, 1, 8, 8, generator=g), torch.arange(8) % 2, ["a", "b"], "te")
+    >>> t = train_on_split(tr, te, "cnn", epochs=1, augment=False)
+    >>> t.evaluation.n, t.card.provenance["n_train"], t.card.class_names
+    (8, 32, ['a', 'b'])
     """
     require(train.input_shape == test.input_shape,
             f"train images are {train.input_shape} but test images are {test.input_shape}")
@@ -276,7 +709,38 @@ def train_on_split(train: ImageDataset, test: ImageDataset, arch: str = "cnn", *
 
 @dataclass
 class TrainingSummary:
-    """The report of a training run: accuracy, confusion matrix, sample test images, provenance."""
+    """The report of a training run: accuracy, confusion matrix, sample test images, provenance.
+
+    Made by :func:`summarize`; :func:`~workbench.report.write_report` turns it into ``report.json``
+    and ``report.html``.
+
+    Parameters
+    ----------
+    arch, data : str
+        Architecture and data spec.
+    test_accuracy : float
+        In [0, 1].
+    confusion : numpy.ndarray
+        K×K, rows true class, columns predicted.
+    class_names : list of str
+        K names.
+    epochs : int
+        Epochs trained.
+    train_seconds : float
+        Training time.
+    loss_per_epoch : list of float
+        Mean training loss per epoch.
+    sample_images : torch.Tensor
+        n×C×H×W test images shown in the report.
+    sample_labels, sample_predictions : list of int
+        Their true and predicted classes.
+    provenance : dict
+        The model card's provenance.
+
+    Returns
+    -------
+    A TrainingSummary (dataclass)
+    """
 
     arch: str
     data: str
@@ -292,6 +756,16 @@ class TrainingSummary:
     provenance: dict
 
     def report_sections(self):
+        """The report's sections: model metrics, sample images, confusion matrix, loss per epoch.
+
+        Parameters: none
+
+        Returns
+        -------
+        list
+            :class:`~workbench.report.Metrics`, :class:`~workbench.report.ImageGrid`,
+            :class:`~workbench.report.Heatmap` and :class:`~workbench.report.Table` sections.
+        """
         from .report import Heatmap, ImageGrid, Metrics, Table
 
         names = self.class_names
@@ -308,6 +782,28 @@ class TrainingSummary:
 
 
 def summarize(trained: TrainedClassifier, n_samples: int = 24) -> TrainingSummary:
+    """A :class:`TrainingSummary` of a trained classifier, with a seeded sample of test images.
+
+    Parameters
+    ----------
+    trained : TrainedClassifier
+        What :func:`train_classifier` or :func:`train_on_split` returned.
+    n_samples : int, default 24
+        Test images to show (at most the test set's size), drawn with seed 0.
+
+    Returns
+    -------
+    TrainingSummary
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> t = train_classifier((torch.rand(40, 1, 8, 8, generator=g), torch.arange(40) % 2), epochs=1)
+    >>> s = summarize(t, n_samples=4)
+    >>> s.sample_images.shape, s.confusion.shape, s.epochs
+    (torch.Size([4, 1, 8, 8]), (2, 2), 1)
+    """
     n = min(n_samples, len(trained.test))
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(trained.test), generator=gen)[:n]

@@ -49,11 +49,60 @@ META_PREFIX = "meta-"
 
 
 def method_names() -> list[str]:
+    """Every name :func:`make_method` and :func:`explain` accept: the base methods, then ``meta-<name>``.
+
+    Eigen-CAM, which ignores the target class, has no meta variant.
+
+    Parameters: none
+
+    Returns
+    -------
+    list of str
+        The names of :data:`METHODS` in order, then their ``meta-`` variants.
+
+    Examples
+    --------
+    >>> names = method_names()
+    >>> names[:4], "meta-gradcam" in names, "meta-eigencam" in names
+    (['gradcam', 'eigencam', 'eigengradcam', 'normgrad'], True, False)
+    """
     return [*METHODS, *(META_PREFIX + k for k in METHODS if k not in ("eigencam",))]
 
 
 def make_method(name: str, model: nn.Module, layers) -> LayerSaliency:
-    """A saliency method by name (see :data:`METHODS`; ``meta-<name>`` for meta-saliency)."""
+    """A saliency method by name, hooked on ``layers`` of ``model``.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`METHODS` or ``meta-<key>`` for meta-saliency (:class:`~workbench.saliency.meta.MetaSaliency`);
+        case and surrounding spaces are ignored.
+    model : nn.Module
+        The model (an adapted one, see :func:`~workbench.adapter.as_model`).
+    layers : str or sequence of str
+        Layer name(s) in the model (``workbench info`` lists them).
+
+    Returns
+    -------
+    LayerSaliency
+        The method object (e.g. :class:`~workbench.saliency.gradcam.GradCAM`).
+
+    Raises
+    ------
+    BadInput
+        If the name is unknown, or a layer is not in the model.
+
+    Examples
+    --------
+    >>> from workbench.models import architecture
+    >>> net = architecture("cnn", 1, 10, 8)
+    >>> type(make_method("normgrad", net, "relu4")).__name__, type(make_method("meta-gradcam", net, "relu4")).__name__
+    ('NormGrad', 'MetaSaliency')
+    >>> make_method("lime", net, "relu4")
+    Traceback (most recent call last):
+    ...
+    workbench.errors.BadInput: unknown saliency method 'lime'; choose from gradcam, eigencam, ...
+    """
     key = name.strip().lower()
     meta = key.startswith(META_PREFIX)
     base = key[len(META_PREFIX):] if meta else key
@@ -65,7 +114,50 @@ def make_method(name: str, model: nn.Module, layers) -> LayerSaliency:
 
 @dataclass
 class SaliencyResult:
-    """Maps (N×H×W in [0, 1] at the input size) per ``method@layer``, their metrics and provenance."""
+    """Saliency maps per ``method@layer``, their metrics and provenance: what :func:`explain` returns.
+
+    Every map is N×H×W at the input size, normalised to [0, 1] per image (an all-zero map stays zero).
+    :func:`~workbench.report.write_report` turns the result into ``report.json`` and ``report.html``.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        The N×C×H×W images explained (on the CPU).
+    methods : list of str
+        Method names, in the order run.
+    layers : list of str
+        Layer names the maps were taken at.
+    targets : list of int
+        N explained classes.
+    predictions : list of int
+        N predicted classes.
+    labels : list of int or None
+        N true classes, when given (they only annotate the report).
+    class_names : list of str
+        K names.
+    maps : dict of str to torch.Tensor
+        ``"method@layer"`` → N×H×W maps in [0, 1].
+    combined : dict of str to torch.Tensor, default {}
+        Method → N×H×W maps combining every layer (only with more than one layer).
+    combine_mode : str, default "geometric"
+        How the layers were combined (``geometric`` or ``sum``).
+    metrics : list of dict, default []
+        One row per method and layer (and ``combined``): deletion AUC, insertion AUC, class sensitivity,
+        and pointing game / randomization ρ when asked for.
+    randomization : dict, default {}
+        Method → the cascading randomization check's layers and ρ per layer.
+    seconds : dict of str to float, default {}
+        Method → wall time of its maps.
+    boxes : list of list of int, optional
+        The pointing-game boxes ``(y0, x0, y1, x1)``, when given.
+    layouts : dict of str to str, default {}
+        Layer → how its output was read as N×C×H×W (``nchw``, ``nhwc`` permuted, ``tokens (…)``).
+
+    Returns
+    -------
+    A SaliencyResult (dataclass)
+        With :meth:`map`, :meth:`metrics_table` and :meth:`report_sections`.
+    """
 
     images: torch.Tensor
     methods: list[str]
@@ -85,9 +177,40 @@ class SaliencyResult:
     layouts: dict[str, str] = field(default_factory=dict)
 
     def map(self, method: str, layer: str) -> torch.Tensor:
+        """The maps of one method at one layer.
+
+        Parameters
+        ----------
+        method : str
+            A method name in :attr:`methods`.
+        layer : str
+            A layer name in :attr:`layers`.
+
+        Returns
+        -------
+        torch.Tensor
+            N×H×W maps in [0, 1].
+
+        Raises
+        ------
+        KeyError
+            If that method or layer was not run.
+        """
         return self.maps[f"{method}@{layer}"]
 
     def metrics_table(self) -> tuple[list[str], list[list]]:
+        """The metrics as a table: column titles (with ↑ / ↓ for better) and rows, floats rounded to 4 places.
+
+        The pointing-game and randomization columns appear only when measured; a missing or NaN value is
+        ``—``.
+
+        Parameters: none
+
+        Returns
+        -------
+        tuple
+            ``(columns, rows)``: a list of str and a list of lists, one row per method and layer.
+        """
         cols = ["method", "layer", "deletion AUC ↓", "insertion AUC ↑", "class sensitivity ρ ↓"]
         has_pg = any("pointing game" in r for r in self.metrics)
         has_rand = any("randomization ρ (all layers)" in r for r in self.metrics)
@@ -107,6 +230,16 @@ class SaliencyResult:
         return cols, rows
 
     def report_sections(self):
+        """The report's sections: run metrics, metrics table, images, one overlay grid per map and
+        combination, randomization tables and the boxes.
+
+        Parameters: none
+
+        Returns
+        -------
+        list
+            :mod:`workbench.report` sections.
+        """
         from ..report import ImageGrid, Metrics, Table, Text
 
         names = self.class_names
@@ -151,14 +284,68 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
             class_names: Sequence[str] | None = None, metrics: bool = True, boxes=None, sanity: bool = False,
             sanity_layers: int | None = None, combine: str = "geometric", combine_weights=None, n_steps: int = 20,
             batch_size: int = 64, progress: Callable[[float, str], None] | None = None) -> SaliencyResult:
-    """Explain ``images`` with each method at each layer (one forward + one backward per method).
+    """Explain ``images`` with each method at each layer (one forward and one backward pass per method).
 
-    ``target``: None (predicted class), an int, or one class per image. ``labels`` (true classes)
-    only annotate the report. ``boxes`` ((y0, x0, y1, x1) or N×4, in input pixels) add the pointing
-    game; ``sanity`` adds the cascading model-randomization check (``sanity_layers`` caps its steps).
-    With several layers each method's maps are also combined (``combine``: geometric or sum).
-    The forward and backward passes that make the maps run ``batch_size`` images at a time (every map
-    is normalised per image, so the maps do not depend on the batch size).
+    Parameters
+    ----------
+    model : nn.Module or callable
+        Any model :func:`~workbench.adapter.as_model` takes.
+    images : torch.Tensor
+        N×C×H×W float images in [0, 1].
+    methods : sequence of str, default ("gradcam", "eigencam", "normgrad")
+        Names from :func:`method_names`.
+    layers : str or sequence of str, optional
+        Layer names; default the model's default CAM layer (``relu4`` for the zoo CNN, ``layer3`` for
+        the zoo ResNet).
+    target : None, int or sequence of int, optional
+        The class to explain: None (the predicted class), one class for all, or one per image.
+    labels : sequence of int, optional
+        True classes; they only annotate the report.
+    class_names : sequence of str, optional
+        K names (default ``"0"``..``"K-1"``).
+    metrics : bool, default True
+        Measure deletion / insertion AUC (RISE) and class sensitivity per method and layer.
+    boxes : sequence, optional
+        ``(y0, x0, y1, x1)`` or N×4 boxes in input pixels (half-open): adds the pointing game.
+    sanity : bool, default False
+        Add the cascading model-randomization check (Adebayo et al. 2018).
+    sanity_layers : int, optional
+        Cap on the number of layers the randomization check re-initialises.
+    combine : {"geometric", "sum"}, default "geometric"
+        How each method's maps over several layers are combined.
+    combine_weights : sequence of float, optional
+        One non-negative weight per layer for the combination (default equal).
+    n_steps : int, default 20
+        Steps of the deletion / insertion curves.
+    batch_size : int, default 64
+        Images per forward and backward pass (maps are normalised per image, so they do not depend
+        on it).
+    progress : callable, optional
+        ``progress(fraction, message)``, called per method.
+
+    Returns
+    -------
+    SaliencyResult
+        Maps, combinations, metrics, timings.
+
+    Raises
+    ------
+    BadInput
+        If no method is given, the images are not an N×C×H×W float tensor, a method or layer name is
+        unknown, ``target`` or ``labels`` do not match the images, a target class is out of range, the
+        number of class names differs from the model's outputs, or ``batch_size < 1``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from workbench.models import architecture
+    >>> net = architecture("cnn", 1, 3, 8)
+    >>> x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    >>> res = explain(net, x, ["gradcam", "normgrad"], ["relu2", "relu4"], n_steps=4)
+    >>> sorted(res.maps), res.map("gradcam", "relu4").shape
+    (['gradcam@relu2', 'gradcam@relu4', 'normgrad@relu2', 'normgrad@relu4'], torch.Size([2, 8, 8]))
+    >>> sorted(res.combined), len(res.metrics), res.metrics_table()[0][:3]
+    (['gradcam', 'normgrad'], 6, ['method', 'layer', 'deletion AUC ↓'])
     """
     require(len(methods) > 0, "no saliency methods given")
     model = as_model(model)

@@ -457,7 +457,7 @@ def class_sensitivity(method: LayerSaliency, images: torch.Tensor) -> ClassSensi
 # ---------------------------------------------------------------- model randomization
 @dataclass
 class RandomizationCheck:
-    """ρ[saliency layer][k]: mean Spearman ρ after randomising ``randomized[0..k]`` (top down).
+    """``rho[layer][k]``: mean Spearman ρ after randomising ``randomized[0..k]`` (top down).
 
     Parameters
     ----------

@@ -1,0 +1,5 @@
+"""``python -m workbench.cli ...``: the same as the ``workbench`` console script."""
+
+from . import main
+
+main()
