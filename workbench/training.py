@@ -236,6 +236,42 @@ def _as_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
     return ds.pixels, ds.labels  # float32 per batch: uint8 / memory-mapped storage stays as it is
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr: float, total: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle learning-rate schedule ``fit`` uses: a quarter of the steps warming up to ``lr``,
+    then cosine annealing to ~0 (Smith & Topin 2019, torch's ``OneCycleLR``).
+
+    Parameters
+    ----------
+    opt : torch.optim.Optimizer
+        The optimizer whose learning rate is scheduled.
+    lr : float
+        The peak learning rate.
+    total : int
+        Total optimizer steps (>= 1).
+
+    Returns
+    -------
+    torch.optim.lr_scheduler.OneCycleLR
+        Call ``step()`` after each optimizer step.
+
+    Examples
+    --------
+    Four steps, where a warm-up of exactly one step (0.25 × 4) made torch divide by zero:
+
+    >>> import torch
+    >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    >>> sched = one_cycle(opt, 1.0, 4)
+    >>> lrs = []
+    >>> for _ in range(4):
+    ...     lrs.append(round(opt.param_groups[0]["lr"], 3)); opt.step(); sched.step()
+    >>> lrs
+    [0.04, 0.812, 0.283, 0.0]
+    """
+    # torch divides by (pct_start·total − 1), zero when the warm-up is exactly one step (total = 4).
+    pct = 0.3 if total == 4 else 0.25
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=pct)
+
+
 def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor], *, epochs: int = 6,
         batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
         device: str | torch.device | None = "cpu", transform: BatchTransform | None = None,
@@ -314,8 +350,7 @@ def fit(model: nn.Module, data: ImageDataset | tuple[torch.Tensor, torch.Tensor]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(x_all) + batch_size - 1) // batch_size
     total = epochs * steps_per_epoch
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.25)
-             if schedule == "onecycle" else None)
+    sched = one_cycle(opt, lr, total) if schedule == "onecycle" else None
     loss_fn = loss_fn or F.cross_entropy
     hist = FitHistory(epochs=epochs)
     t0 = time.perf_counter()
