@@ -44,7 +44,8 @@ def scenario_data(name: str, seed: int):
     if name == "noise":
         from workbench.labels import inject_noise
 
-        noisy = np.asarray(inject_noise(train.labels, train.num_classes, kind="asymmetric", rate=0.1, seed=seed))
+        noisy, _ = inject_noise(train.labels, train.num_classes, kind="asymmetric", rate=0.1, seed=seed)
+        noisy = np.asarray(noisy)
         flipped = noisy != train.labels.numpy()
         return train.with_labels(noisy), test, None, flipped, None
     return train, test, None, None, None
