@@ -99,10 +99,11 @@ TrustOpt = typer.Option(False, "--trust-code", help="Allow models that run code 
                                                     "use it only for files you trust.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.", callback=_check_device)
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice (0 to 2**32 - 1).", callback=_check_seed)
+# "\\[" keeps rich's help markup from eating "[scale]" as a style tag.
 RayAddressOpt = typer.Option(None, "--ray-address",
                              help="Run the units as Ray tasks: 'local' (a private Ray on this machine), 'auto' or "
                                   "HOST:PORT (join a cluster started with 'ray start --head'). Default: serially, "
-                                  "no Ray. Needs pip install \".[scale]\".")
+                                  "no Ray. Needs pip install \".\\[scale]\".")
 
 
 def threads_option(default: int | None, unit: str):
