@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from raytest import end_processes_of
 
 from workbench.cli import main
 from workbench.errors import BadInput
@@ -85,18 +85,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if text.encode() in (p / "cmdline").read_bytes():
-                    pids.append(int(p.name))
-            except OSError:
-                continue
-    return pids
-
-
 def test_sweep_on_a_real_ray_head_node_matches_the_serial_path(tmp_path, monkeypatch):
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
@@ -130,13 +118,7 @@ def test_sweep_on_a_real_ray_head_node_matches_the_serial_path(tmp_path, monkeyp
         except subprocess.TimeoutExpired:  # 'ray start --block' may hang draining the node: end its group
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-        deadline = time.time() + 30
-        while _processes_mentioning(temp) and time.time() < deadline:
-            time.sleep(1)
-        left = _processes_mentioning(temp)
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        left = end_processes_of(temp)
     assert left == [], f"Ray processes left behind: {left}"
     assert main(["-q", "sweep", str(spec), "--out", str(tmp_path / "serial"), "--threads", "1"]) == 0
     ray_runs = json.loads((tmp_path / "ray" / "results.json").read_text())["runs"]

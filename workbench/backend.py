@@ -79,6 +79,54 @@ def _call(fn: Callable, kwargs: dict, threads: int | None, index: int) -> TaskRe
             torch.set_num_threads(before)
 
 
+class UnitFailed(RuntimeError):
+    """A unit of work failed with an error other than bad input; the worker's traceback is its cause."""
+
+
+class _WorkerTraceback(Exception):
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
+
+
+#: Errors a unit reports that are re-raised as themselves by :func:`task_values` (both mean bad input).
+_RERAISED = {"BadInput": BadInput, "FileNotFoundError": FileNotFoundError}
+
+
+def task_values(results: Sequence[TaskResult], what: str = "unit") -> list[Any]:
+    """The units' values in input order, for callers whose units must all succeed (folds, shards).
+
+    The first failed unit raises: a :class:`~workbench.errors.BadInput` (or ``FileNotFoundError``)
+    raised in the unit is raised again with its message, so bad input stays a one-line exit 2; any
+    other error is a :class:`UnitFailed` naming the unit, with the worker's traceback as its cause.
+
+    Parameters
+    ----------
+    results : sequence of TaskResult
+        What :func:`run_tasks` returned.
+    what : str, default "unit"
+        The unit's name in the message (``fold``, ``shard``).
+
+    Returns
+    -------
+    list
+        Each unit's value.
+
+    Raises
+    ------
+    BadInput, FileNotFoundError, UnitFailed
+        For the first unit that failed.
+    """
+    for r in results:
+        if not r.ok:
+            kind, _, message = (r.error or "").partition(": ")
+            if kind in _RERAISED:
+                raise _RERAISED[kind](message)
+            tb = r.value.get("traceback") if isinstance(r.value, dict) else None
+            raise UnitFailed(f"{what} {r.index + 1} of {len(results)} failed: {r.error}") from (
+                _WorkerTraceback(tb) if tb else None)
+    return [r.value for r in results]
+
+
 def import_ray():
     """The ``ray`` module, imported on first use (Ray is optional: the ``scale`` extra).
 

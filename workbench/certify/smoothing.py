@@ -33,6 +33,7 @@ from torch import nn
 
 from ..adapter import ModelAdapter, as_model, logits_of, model_device
 from ..errors import check_in_range, require
+from ..shards import resolve_images, resolve_model, run_shards, shard_seed
 from ..training import resolve_device
 from .results import ABSTAIN, CertificationResult
 
@@ -383,12 +384,26 @@ def _base_predictions(model: nn.Module, images: torch.Tensor, dev, batch_size: i
 
 def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 100, n: int = 1000,
             alpha: float = 0.001, labels: torch.Tensor | None = None, batch_size: int = 1000, seed: int = 0,
-            device=None, fuse: bool = True, progress: Progress | None = None) -> CertificationResult:
+            device=None, fuse: bool = True, progress: Progress | None = None, shards: int | None = None,
+            ray_address: str | None = None, threads: int | None = None,
+            num_gpus: float = 0) -> CertificationResult:
     """Certify every input of ``images`` (N×C×H×W in [0, 1]) with randomized smoothing at noise ``sigma``.
 
     Returns a :class:`CertificationResult` with the certified class (or -1), the L2 radius, and in
     ``extra`` the selection and estimation counts and p̲_A. ``fuse`` evaluates the noisy copies with
     :func:`inference_copy` (Conv+BN folded, channels-last), the model itself is left untouched.
+
+    Large sets: ``shards`` splits the inputs into contiguous shards, each certified by
+    :func:`certify_shard` as a unit of :func:`workbench.shards.run_shards`, serially here or, with
+    ``ray_address`` (``"local"``, ``"auto"``, ``"HOST:PORT"``), as Ray tasks (``threads`` CPUs and
+    ``num_gpus`` GPUs each; default ``ceil(N / 256)`` shards there); the results are merged in input
+    order. The noise of each shard comes from its own generator, seeded by
+    :func:`~workbench.shards.shard_seed` from ``seed`` and the shard's first input (the first shard
+    keeps ``seed``): the result depends on ``seed`` and the shard layout only, so the same ``shards``
+    give the same classes, radii and counts serially and on Ray, and one shard is the unsharded call.
+    Different shard counts draw different noise (each certificate keeps its 1 − α guarantee). The
+    model may be a :class:`~workbench.shards.ModelRef` and the images a
+    :class:`~workbench.shards.DataRef`: each shard then loads the model and reads its own images.
 
     Parameters
     ----------
@@ -416,12 +431,20 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
         Evaluate a fused inference copy.
     progress : callable, optional
         ``progress(fraction, message)``.
+    shards : int, optional
+        Contiguous shards of the inputs (default: 1 serially, ``ceil(N / 256)`` on Ray).
+    ray_address : str, optional
+        None: the shards run here; ``"local"``, ``"auto"`` or ``"HOST:PORT"``: as Ray tasks.
+    threads : int, optional
+        Torch threads per shard (and Ray CPUs per task, default 1).
+    num_gpus : float, default 0
+        GPUs per Ray task (give ``device="cuda"``).
 
     Returns
     -------
     CertificationResult
         ``method="smoothing"``, ``norm="l2"``; ``extra`` holds ``counts_selection``,
-        ``counts_estimation`` (N×K) and ``p_lower`` (N).
+        ``counts_estimation`` (N×K) and ``p_lower`` (N); ``params`` the shard count when sharded.
 
     Raises
     ------
@@ -442,6 +465,11 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
     ([0, 0, 0], 0.3751, 0.6667)
     """
     check_params(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
+    if ray_address is not None or (shards is not None and shards != 1):
+        return _certify_sharded(model, images, sigma, n0=n0, n=n, alpha=alpha, labels=labels, batch_size=batch_size,
+                                seed=seed, device=device, fuse=fuse, progress=progress, shards=shards,
+                                ray_address=ray_address, threads=threads, num_gpus=num_gpus)
+    model, images = resolve_model(model, device), resolve_images(images)
     require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
             f"got shape {tuple(images.shape)}")
     model = as_model(model)
@@ -460,6 +488,55 @@ def certify(model: nn.Module, images: torch.Tensor, sigma: float, *, n0: int = 1
                                {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed},
                                time.perf_counter() - t0,
                                {"counts_selection": c0, "counts_estimation": c1, "p_lower": p_lower})
+
+
+def certify_shard(model, images, start: int, *, sigma: float, n0: int, n: int, alpha: float, batch_size: int,
+                  seed: int, device=None, fuse: bool = True) -> CertificationResult:
+    """One shard of a sharded :func:`certify`: its inputs certified with the noise seeded by
+    :func:`~workbench.shards.shard_seed` ``(seed, start)``.
+
+    Parameters
+    ----------
+    model : nn.Module, callable, ModelAdapter or ModelRef
+        The base classifier, or a reference the shard loads on ``device``.
+    images : torch.Tensor or DataRef
+        The shard's inputs, or a reference the shard reads.
+    start : int
+        Position of the shard's first input in the whole set.
+    sigma, n0, n, alpha, batch_size, seed, device, fuse
+        As for :func:`certify`.
+
+    Returns
+    -------
+    CertificationResult
+        The shard's decisions (without labels).
+    """
+    return certify(resolve_model(model, device), resolve_images(images), sigma, n0=n0, n=n, alpha=alpha,
+                   batch_size=batch_size, seed=shard_seed(seed, start), device=device, fuse=fuse)
+
+
+def _certify_sharded(model, images, sigma, *, n0, n, alpha, labels, batch_size, seed, device, fuse, progress,
+                     shards, ray_address, threads, num_gpus) -> CertificationResult:
+    """:func:`certify` over contiguous shards (:func:`workbench.shards.run_shards`), merged in input order."""
+    if isinstance(images, torch.Tensor):
+        require(images.ndim == 4 and images.shape[0] > 0, f"images must be a non-empty N×C×H×W batch, "
+                f"got shape {tuple(images.shape)}")
+    total = len(images)
+    require(labels is None or len(labels) == total, f"{len(labels) if labels is not None else 0} labels "
+                                                    f"for {total} images")
+    if device is not None and ray_address is None:
+        resolve_device(device)  # a device this machine lacks is bad input before any shard runs
+    t0 = time.perf_counter()
+    parts = run_shards(certify_shard, total, per_input={"images": images},
+                       common={"model": model, "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
+                               "batch_size": batch_size, "seed": seed, "device": device, "fuse": fuse},
+                       shards=shards, ray_address=ray_address, threads=threads, num_gpus=num_gpus, progress=progress)
+    extra = {k: torch.cat([p.extra[k] for p in parts]) for k in ("counts_selection", "counts_estimation", "p_lower")}
+    return CertificationResult("smoothing", "l2", torch.cat([p.predictions for p in parts]),
+                               torch.cat([p.radii for p in parts]), None if labels is None else labels.cpu(),
+                               torch.cat([p.base_predictions for p in parts]),
+                               {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "shards": len(parts)},
+                               time.perf_counter() - t0, extra)
 
 
 def predict(model: nn.Module, images: torch.Tensor, sigma: float, *, n: int = 1000, alpha: float = 0.001,

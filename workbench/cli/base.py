@@ -99,6 +99,29 @@ TrustOpt = typer.Option(False, "--trust-code", help="Allow models that run code 
                                                     "use it only for files you trust.")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto.", callback=_check_device)
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random choice (0 to 2**32 - 1).", callback=_check_seed)
+# "\\[" keeps rich's help markup from eating "[scale]" as a style tag.
+RayAddressOpt = typer.Option(None, "--ray-address",
+                             help="Run the units as Ray tasks: 'local' (a private Ray on this machine), 'auto' or "
+                                  "HOST:PORT (join a cluster started with 'ray start --head'). Default: serially, "
+                                  "no Ray. Needs pip install \".\\[scale]\".")
+
+
+def threads_option(default: int | None, unit: str):
+    """``--threads``: torch threads inside each unit (run, fold, shard) and the Ray CPUs it asks for."""
+    more = "" if default is not None else " Default: this process's count serially, 1 per Ray task."
+    return typer.Option(default, "--threads", min=1, help=f"Torch threads (and Ray CPUs) per {unit}.{more}")
+
+
+def shards_option(note: str = ""):
+    """``--shards``: contiguous shards of the inputs, each one unit (serially or a Ray task)."""
+    return typer.Option(None, "--shards", min=1, help="Split the images into this many contiguous shards, each one "
+                                                      "unit (default: 1 serially, one per 256 images on Ray)."
+                                                      + (f" {note}" if note else ""))
+
+
+def num_gpus_option(unit: str, hint: str = "give --device cuda"):
+    """``--num-gpus``: GPUs per Ray task; a fraction shares one."""
+    return typer.Option(0.0, "--num-gpus", min=0.0, help=f"GPUs per {unit} on Ray (a fraction shares one); {hint}.")
 
 
 @contextlib.contextmanager

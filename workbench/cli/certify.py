@@ -12,6 +12,7 @@ from .base import (
     MODEL_HELP,
     DataOpt,
     DeviceOpt,
+    RayAddressOpt,
     SeedOpt,
     TrustOpt,
     WeightsOpt,
@@ -22,8 +23,11 @@ from .base import (
     check_out_option,
     console,
     done,
+    num_gpus_option,
     open_model,
     progress_bar,
+    shards_option,
+    threads_option,
 )
 
 
@@ -46,6 +50,11 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
             seed: int = typer.Option(0, "--seed", callback=_check_seed,
                                      help="Seed of the smoothing noise and of the --limit sample "
                                           "(the test split is the model's own, from its card)."),
+            ray_address: str | None = RayAddressOpt,
+            shards: int | None = shards_option("Smoothing draws its noise per shard: the same --shards and "
+                                               "--seed give the same results serially and on Ray."),
+            threads: int | None = threads_option(None, "shard"),
+            num_gpus: float = num_gpus_option("shard"),
             device: str = DeviceOpt) -> None:
     """Certify a model's held-out predictions; report accuracy, abstain rate, certified accuracy vs radius, ACR.
 
@@ -60,6 +69,8 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     from ..report import write_report
 
     require(method in ("smoothing", "ibp"), f"unknown method {method!r}; use smoothing or ibp")
+    require(method == "smoothing" or (ray_address is None and shards is None),
+            "--ray-address and --shards are for --method smoothing (interval bounds take one pass here)")
     if method == "smoothing":
         check_params(sigma=sigma, n0=n0, n=n, alpha=alpha)
     else:
@@ -74,8 +85,16 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     console.print(f"certifying {len(test)} images: {split.note}")
     with progress_bar(f"certifying with {method}") as progress:
         if method == "smoothing":
-            res = certify_smoothing(loaded.model, test.images, sigma, n0=n0, n=n, alpha=alpha, labels=test.labels,
-                                    batch_size=batch_size, seed=seed, device=device, progress=progress)
+            net, images = loaded.model, test.images
+            if ray_address is not None:  # each Ray task loads the model and reads its own images
+                from ..shards import DataRef, ModelRef
+
+                net = ModelRef.of(model, weights=weights, trust_code=trust_code, input_shape=ds.input_shape,
+                                  num_classes=ds.num_classes)
+                images = DataRef.of(data, test.indices, n=len(test))
+            res = certify_smoothing(net, images, sigma, n0=n0, n=n, alpha=alpha, labels=test.labels,
+                                    batch_size=batch_size, seed=seed, device=device, progress=progress,
+                                    shards=shards, ray_address=ray_address, threads=threads, num_gpus=num_gpus)
         else:
             grid = sorted({eps * f for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)})
             res = certify_ibp(loaded.model, test.images, [eps], labels=test.labels, device=device, progress=progress)

@@ -25,7 +25,19 @@ from ..labels import (
     save_corrected,
 )
 from ..report import write_report
-from .base import DataOpt, DeviceOpt, SeedOpt, audit_app, console, done, open_model, progress_bar
+from .base import (
+    DataOpt,
+    DeviceOpt,
+    RayAddressOpt,
+    SeedOpt,
+    audit_app,
+    console,
+    done,
+    num_gpus_option,
+    open_model,
+    progress_bar,
+    threads_option,
+)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -83,6 +95,9 @@ def labels_cmd(
                                              "low_normalized_margin). Default: batched above "
                                              f"{BATCHED_ABOVE:,} probabilities (N×K)."),
     batch_size: int = typer.Option(BATCH_SIZE, "--batch-size", help="Rows per batch of the batched check."),
+    ray_address: str | None = RayAddressOpt,
+    threads: int | None = threads_option(None, "fold"),
+    num_gpus: float = num_gpus_option("fold"),
     seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Find label errors with confident learning; write report.json/html, pred_probs.npy and review.csv.
 
@@ -96,7 +111,8 @@ def labels_cmd(
         names = [c.strip() for c in class_names.split(",")] if class_names else None
         with progress_bar(f"auditing labels in {labels.name}") as progress:
             audit = audit_labels(labels, pred_probs, class_names=names, filter_by=filter_by, rank_by=rank_by,
-                                 n_jobs=n_jobs, batched=batched, batch_size=batch_size, progress=progress)
+                                 n_jobs=n_jobs, batched=batched, batch_size=batch_size, ray_address=ray_address,
+                                 progress=progress)
         paths = write_report(audit, out, title=f"Label audit: {labels.name}")
     else:
         require(class_names is None, "--class-names is for --labels; a dataset names its own classes")
@@ -110,7 +126,8 @@ def labels_cmd(
                                  folds=folds, epochs=epochs or None, seeds=seeds, tta=tta, calibrate=calibrate,
                                  filter_by=filter_by, rank_by=rank_by,
                                  embeddings=emb, n_jobs=n_jobs, batched=batched, batch_size=batch_size, seed=seed,
-                                 device=device, progress=progress)
+                                 device=device, ray_address=ray_address, threads=threads, num_gpus=num_gpus,
+                                 progress=progress)
         paths = write_report(audit, out, title=f"Label audit: {ds.name}")
         paths["pred_probs"] = atomic_write(out / "pred_probs.npy", lambda p: _save_npy(p, audit.pred_probs))
     paths["review"] = atomic_write_text(out / "review.csv", audit.review_template())

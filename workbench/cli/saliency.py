@@ -15,6 +15,7 @@ from .base import (
     MODEL_HELP,
     DataOpt,
     DeviceOpt,
+    RayAddressOpt,
     SeedOpt,
     TrustOpt,
     WeightsOpt,
@@ -22,8 +23,11 @@ from .base import (
     check_out_option,
     console,
     done,
+    num_gpus_option,
     open_model,
     progress_bar,
+    shards_option,
+    threads_option,
 )
 
 
@@ -57,6 +61,10 @@ def saliency(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
              sanity: bool = typer.Option(True, "--sanity/--no-sanity",
                                          help="Run the cascading model-randomization check."),
              steps: int = typer.Option(20, "--steps", help="Deletion/insertion steps."),
+             ray_address: str | None = RayAddressOpt,
+             shards: int | None = shards_option("The maps and metrics do not depend on it."),
+             threads: int | None = threads_option(None, "shard"),
+             num_gpus: float = num_gpus_option("shard"),
              seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Saliency maps (Grad-CAM, Eigen-CAM, NormGrad, ...) per method and layer, with metrics."""
     from ..saliency import explain
@@ -83,9 +91,20 @@ def saliency(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
         except ValueError:
             raise BadInput(f"--box must be four integers y0,x0,y1,x1, got {box!r}") from None
         require(len(boxes) == 4, f"--box must be four integers y0,x0,y1,x1, got {box!r}")
+    net, images = loaded.model, sub.images
+    if ray_address is not None:  # each Ray task loads the model and reads its own images
+        from ..saliency.explain import check_methods
+        from ..shards import DataRef, ModelRef
+
+        check_methods(loaded.model, meths, lays, ds.input_shape)  # bad names fail here, before Ray starts
+
+        net = ModelRef.of(model, weights=weights, trust_code=trust_code, input_shape=ds.input_shape,
+                          num_classes=ds.num_classes)
+        images = DataRef.of(data, sub.indices, n=len(sub))
     with progress_bar("saliency") as progress:
-        res = explain(loaded.model, sub.images, meths, lays, tgt, labels=sub.labels, class_names=ds.class_names,
-                      boxes=boxes, sanity=sanity, combine=combine, n_steps=steps, progress=progress)
+        res = explain(net, images, meths, lays, tgt, labels=sub.labels, class_names=ds.class_names,
+                      boxes=boxes, sanity=sanity, combine=combine, n_steps=steps, progress=progress, shards=shards,
+                      ray_address=ray_address, threads=threads, num_gpus=num_gpus, device=dev)
     with StagedDir(out) as stage:
         paths = stage.final(write_report(res, stage, title=f"Saliency: {', '.join(meths)} on {data}"))
     from rich.table import Table

@@ -7,12 +7,7 @@ from pathlib import Path
 import typer
 
 from ..sweep import SWEEP_COMMANDS, run_sweep
-from .base import app, console, done, progress_bar
-
-RayAddressOpt = typer.Option(None, "--ray-address",
-                             help="Run the units as Ray tasks: 'local' (a private Ray on this machine), 'auto' or "
-                                  "HOST:PORT (join a cluster started with 'ray start --head'). Default: serially, "
-                                  "no Ray. Needs pip install \".[scale]\".")
+from .base import RayAddressOpt, app, console, done, num_gpus_option, progress_bar, threads_option
 
 
 @app.command()
@@ -21,10 +16,8 @@ def sweep(spec: Path = typer.Argument(..., metavar="SWEEP.toml",
           out: Path = typer.Option(..., "--out", "-o", help="Folder for runs/, results.csv/json, plots and the "
                                                             "report; re-running skips finished runs."),
           ray_address: str = RayAddressOpt,
-          threads: int = typer.Option(1, "--threads", min=1, help="Torch threads (and Ray CPUs) per run."),
-          num_gpus: float = typer.Option(0.0, "--num-gpus", min=0.0, help="GPUs per run on Ray (a fraction "
-                                                                             "shares one); give device=\"cuda\" "
-                                                                             "in [params].")) -> int:
+          threads: int = threads_option(1, "run"),
+          num_gpus: float = num_gpus_option("run", 'give device="cuda" in [params]')) -> int:
     """Run every combination of a grid of parameters, gather the runs' metrics, plot them, report."""
     with progress_bar(f"sweep {spec.name}") as progress:
         res = run_sweep(spec, out, ray_address=ray_address, threads=threads, num_gpus=num_gpus, progress=progress)

@@ -74,11 +74,13 @@ from .pred_probs import (
     DEFAULT_FOLDS,
     DEFAULT_SEEDS,
     DEFAULT_TTA,
+    FoldResult,
     ModelFactory,
     OutOfSample,
     cross_val_pred_probs,
     embedding_pred_probs,
     load_pred_probs,
+    train_fold,
 )
 from .rerank import Reranking, rerank_models
 from .review import (
@@ -98,7 +100,7 @@ from .validation import ROW_SUM_TOL, check_folds, validate_labels, validate_pred
 __all__ = [
     "BATCHED_ABOVE", "BATCHED_FILTERS", "BATCH_SIZE", "assess_batched", "validate_batched", "Assessment", "assess",
     "DEFAULT_CALIBRATE", "DEFAULT_FOLDS", "DEFAULT_SEEDS", "DEFAULT_TTA", "FILTER_BY", "GALLERY", "RANK_BY", "ROW_SUM_TOL", "VERDICTS",
-    "Correction", "DetectionScore", "EmbeddingIssues", "LabelAudit", "ModelFactory", "OutOfSample", "Reranking",
+    "Correction", "DetectionScore", "EmbeddingIssues", "FoldResult", "LabelAudit", "ModelFactory", "OutOfSample", "Reranking",
     "Review",
     "apply_review", "audit_labels", "check_folds", "corrected_npz_bytes", "cross_fit_temperature", "csv_cell", "csv_text",
     "cross_val_pred_probs",
@@ -106,5 +108,5 @@ __all__ = [
     "most_confused_partner",
     "label_quality_scores", "load_pred_probs", "load_review", "noise_matrix", "paper_label_issues",
     "paper_num_label_issues",
-    "parse_review", "rerank_models", "save_corrected", "validate_labels", "validate_pred_probs",
+    "parse_review", "rerank_models", "save_corrected", "train_fold", "validate_labels", "validate_pred_probs",
 ]

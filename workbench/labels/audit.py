@@ -260,6 +260,7 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
                  rank_by: str = "self_confidence", embeddings: bool | np.ndarray | nn.Module = False,
                  embedding_layer: str | None = None, n_jobs: int | None = None, batched: bool | None = None,
                  batch_size: int = BATCH_SIZE, seed: int = 0, device: str | torch.device | None = "cpu",
+                 ray_address: str | None = None, threads: int | None = None, num_gpus: float = 0,
                  progress: Progress | None = None) -> LabelAudit:
     """Audit labels: ``audit_labels(dataset)`` or, as cleanlab takes them, ``audit_labels(labels, pred_probs)``.
 
@@ -323,6 +324,13 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
         Seed of folds, models and noise-free choices.
     device : str or torch.device, optional, default "cpu"
         Where models run.
+    ray_address : str, optional
+        ``kfold``: None trains the folds here, one after the other; ``"local"``, ``"auto"`` or
+        ``"HOST:PORT"`` trains each fold as a Ray task (:func:`cross_val_pred_probs`).
+    threads : int, optional
+        ``kfold``: torch threads per fold (and Ray CPUs per task).
+    num_gpus : float, default 0
+        ``kfold``: GPUs per Ray task.
     progress : callable, optional
         ``progress(fraction, message)`` callback.
 
@@ -345,6 +353,8 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
     require(rank_by in RANK_BY, f"unknown rank_by {rank_by!r}; choose one of {', '.join(RANK_BY)}")
     require(n_jobs is None or (isinstance(n_jobs, (int, np.integer)) and not isinstance(n_jobs, bool)
                                and n_jobs >= 1), f"n_jobs must be an integer >= 1 (or None for every core), got {n_jobs}")
+    require(ray_address is None or (pred_probs is None and method == "kfold"),
+            "a Ray address runs the K-fold trainings: it needs method 'kfold' and no pred_probs")
     require(filter_by is None or filter_by in FILTER_BY,
             f"unknown filter_by {filter_by!r}; choose one of {', '.join(FILTER_BY)}")
     if ds is not None:
@@ -395,7 +405,8 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
         require(len(np.unique(labels)) >= 2, "the labels hold a single class: nothing to audit")
         oos = _probabilities(ds, labels, names, pp_in, pred_probs, src, model=model, method=method, folds=folds,
                              epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate,
-                             embedding_layer=embedding_layer, seed=seed, device=device, progress=progress)
+                             embedding_layer=embedding_layer, seed=seed, device=device, ray_address=ray_address,
+                             threads=threads, num_gpus=num_gpus, progress=progress)
         pp = oos.pred_probs
         if progress is not None:
             progress(1.0, "confident learning")
@@ -437,7 +448,7 @@ def audit_labels(data: ImageDataset | Any, pred_probs: Any = None, *, class_name
 
 def _probabilities(ds: ImageDataset | None, labels: np.ndarray, names: list[str], pp_in: np.ndarray | None,
                    pred_probs: Any, src: str | None, *, model, method, folds, epochs, seeds, tta, calibrate,
-                   embedding_layer, seed, device, progress) -> OutOfSample:
+                   embedding_layer, seed, device, ray_address, threads, num_gpus, progress) -> OutOfSample:
     """The audit's probabilities: validated given ones, or out-of-sample ones made from the dataset."""
     n, k = len(labels), len(names)
     if pp_in is not None:
@@ -451,7 +462,8 @@ def _probabilities(ds: ImageDataset | None, labels: np.ndarray, names: list[str]
         return embedding_pred_probs(ds, model, layer=embedding_layer, folds=folds, seed=seed, progress=progress)
     require(isinstance(model, str) or callable(model), "method 'kfold' needs a zoo architecture name or a model factory")
     return cross_val_pred_probs(ds, model, folds=folds, epochs=epochs, seeds=seeds, tta=tta, calibrate=calibrate,
-                                seed=seed, device=device, progress=progress)
+                                seed=seed, device=device, ray_address=ray_address, threads=threads,
+                                num_gpus=num_gpus, progress=progress)
 
 
 @dataclass

@@ -265,17 +265,131 @@ def member_seed(seed: int, fold: int, member: int) -> int:
     return seed + 1000 * fold + 100_003 * member
 
 
+@dataclass
+class FoldResult:
+    """What :func:`train_fold` gives for one fold.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        Held-out probabilities, shape ``(len(test_idx), K)``, float64, rows summing to 1 (after the
+        temperature, when calibrated).
+    temperatures : list of float
+        The fold's fitted temperatures (two, one per cross-fitted half; empty when not calibrated).
+    views : int
+        Test-time views averaged per model.
+    seconds : float
+        Time the fold took.
+
+    Returns
+    -------
+    A FoldResult (a dataclass) holding these fields.
+    """
+
+    probs: np.ndarray
+    temperatures: list[float]
+    views: int
+    seconds: float
+
+
+def train_fold(ds: ImageDataset, train_idx: np.ndarray, test_idx: np.ndarray, *, fold: int,
+               model: str | ModelFactory, seeds: int, seed: int, epochs: int, batch_size: int, lr: float,
+               augment: bool, shift: int, tta_shift: int, calibrate: bool, device: str | torch.device = "cpu",
+               progress: Progress | None = None) -> FoldResult:
+    """One fold of :func:`cross_val_pred_probs`: train ``seeds`` fresh models on ``train_idx``,
+    average their probabilities on ``test_idx`` (over the test-time views), calibrate them.
+
+    A module-level function of picklable arguments, so that it runs as a Ray task
+    (:func:`workbench.backend.run_tasks`) as well as here; every random choice comes from ``seed``
+    and ``fold`` (:func:`member_seed`), so a fold gives the same probabilities wherever it runs
+    (with the same torch thread count and device).
+
+    Parameters
+    ----------
+    ds : ImageDataset
+        The dataset (pickled to a Ray worker as stored: uint8 stays uint8).
+    train_idx, test_idx : numpy.ndarray
+        Positions of the fold's training and held-out examples.
+    fold : int
+        The fold's index, from 0 (it sets the members' seeds and the calibration split).
+    model : str or callable
+        A zoo architecture name or a factory ``f(in_channels, num_classes, image_size, seed)``.
+    seeds : int
+        Models trained, ≥ 1.
+    seed : int
+        The audit's seed.
+    epochs, batch_size : int
+        Training epochs and batch per model.
+    lr : float
+        Peak learning rate.
+    augment : bool
+        Random shifts of ``shift`` pixels during training.
+    shift : int
+        Training shift in pixels.
+    tta_shift : int
+        Test-time shift in pixels (0: the images alone).
+    calibrate : bool
+        Cross-fitted temperature scaling on the held-out fold.
+    device : str or torch.device, default "cpu"
+        Where training runs.
+    progress : callable, optional
+        ``progress(fraction, message)`` within the fold.
+
+    Returns
+    -------
+    FoldResult
+        The held-out probabilities, temperatures, views and time.
+
+    Raises
+    ------
+    BadInput
+        If a factory does not return an ``nn.Module``.
+    """
+    from .calibration import cross_fit_temperature
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    tr_t, te_t = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    probs = np.zeros((len(test_idx), ds.num_classes), dtype=np.float64)
+    views = 1
+    for m in range(seeds):
+        ms = member_seed(seed, fold, m)
+        if isinstance(model, str):
+            net = build_model(model, ds.channels, ds.num_classes, ds.image_size, seed=ms)
+        else:
+            net = model(ds.channels, ds.num_classes, ds.image_size, ms)
+            require(isinstance(net, nn.Module),
+                    f"the model factory returned {type(net).__name__}, not an nn.Module")
+        sub = None
+        if progress is not None:
+            def sub(f, msg, m=m):
+                return progress((m + f) / seeds, (f"model {m + 1}/{seeds}: " if seeds > 1 else "") + msg)
+        fit(net, (ds.images[tr_t], ds.labels[tr_t]), epochs=epochs, batch_size=batch_size, lr=lr, seed=ms,
+            device=dev, transform=random_shift(shift) if augment else None, progress=sub)
+        vs = shifted_views(ds.images[te_t], tta_shift)
+        views = len(vs)
+        for v in vs:
+            probs += predict_proba(net, v, device=dev).double().numpy()
+    probs /= probs.sum(1, keepdims=True)
+    temps: list[float] = []
+    if calibrate:
+        probs, t = cross_fit_temperature(probs, ds.labels.numpy()[test_idx], seed=seed + fold)
+        temps = [float(v) for v in t]
+    return FoldResult(probs, temps, views, time.perf_counter() - t0)
+
+
 def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *, folds: int = DEFAULT_FOLDS,
                          epochs: int | None = None, seeds: int = DEFAULT_SEEDS, tta: bool = DEFAULT_TTA,
                          calibrate: bool = DEFAULT_CALIBRATE,
                          seed: int = 0, device: str | torch.device | None = "cpu", augment: bool = True,
-                         batch_size: int | None = None, lr: float = 3e-3,
+                         batch_size: int | None = None, lr: float = 3e-3, ray_address: str | None = None,
+                         threads: int | None = None, num_gpus: float = 0,
                          progress: Progress | None = None) -> OutOfSample:
     """Stratified, seeded K-fold: train fresh models on K−1 folds, predict the held-out fold.
 
     ``model`` is a zoo name (``build_model``) or a factory ``f(in_channels, num_classes, image_size,
     seed) -> nn.Module``. Training is :func:`workbench.training.fit` (AdamW, one-cycle), with small
-    random shifts when ``augment``. Per fold:
+    random shifts when ``augment``. Per fold (:func:`train_fold`):
 
     * ``seeds`` models (different initialisations and batch orders) are trained and their
       probabilities averaged (a deep ensemble: Lakshminarayanan, Pritzel, Blundell, NeurIPS 2017);
@@ -284,14 +398,19 @@ def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *,
     * ``calibrate`` temperature-scales the fold's averaged probabilities, cross-fitted on the
       held-out fold (:func:`workbench.labels.calibration.cross_fit_temperature`).
 
-    Every probability of an example comes from models that never trained on it.
+    Every probability of an example comes from models that never trained on it. The folds are
+    independent units of :func:`workbench.backend.run_tasks`: one after the other here
+    (``ray_address`` None), or as Ray tasks (``"local"``, ``"auto"``, ``"HOST:PORT"``) with
+    ``threads`` CPUs and ``num_gpus`` GPUs each; their probabilities are merged in fold order and
+    equal the serial ones (to float rounding; exactly with the same ``threads``).
 
     Parameters
     ----------
     ds : ImageDataset
         The images and given labels.
     model : str or callable, default "cnn"
-        A zoo architecture name or a factory ``f(in_channels, num_classes, image_size, seed)``.
+        A zoo architecture name or a factory ``f(in_channels, num_classes, image_size, seed)``
+        (on Ray it must be importable by the workers: a module-level function).
     folds : int, default DEFAULT_FOLDS
         K of the stratified K-fold, at least 2; every class needs ``folds`` examples.
     epochs : int, optional
@@ -312,6 +431,14 @@ def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *,
         Training batch (default ``clip(n_train // 40, 16, 128)``).
     lr : float, default 3e-3
         Peak learning rate.
+    ray_address : str, optional
+        None: the folds run here, one after the other; ``"local"`` (a private Ray on this machine),
+        ``"auto"`` or ``"HOST:PORT"`` (a cluster): each fold is a Ray task.
+    threads : int, optional
+        Torch threads per fold (and Ray CPUs per task, default 1); None keeps this process's count
+        when serial.
+    num_gpus : float, default 0
+        GPUs per Ray task (give ``device="cuda"``).
     progress : callable, optional
         ``progress(fraction, message)`` callback.
 
@@ -323,12 +450,12 @@ def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *,
     Raises
     ------
     BadInput
-        On invalid labels, too few examples for ``folds``, ``seeds`` or ``epochs`` below 1, or a
-        factory that does not return an ``nn.Module``.
+        On invalid labels, too few examples for ``folds``, ``seeds`` or ``epochs`` below 1, a
+        factory that does not return an ``nn.Module``, or a Ray address that does not answer.
     """
     from sklearn.model_selection import StratifiedKFold
 
-    from .calibration import cross_fit_temperature
+    from ..backend import run_tasks, task_values
 
     labels = validate_labels(ds.labels, ds.num_classes)
     check_folds(labels, folds, ds.class_names)
@@ -342,45 +469,37 @@ def cross_val_pred_probs(ds: ImageDataset, model: str | ModelFactory = "cnn", *,
     batch_size = batch_size or int(min(128, max(16, n_train // 40)))
     shift = max(1, min(ds.image_size) // 14)
     tta_shift = max(1, shift // 2) if tta else 0
+    splits = list(skf.split(np.zeros(len(labels)), labels))
+    common = {"ds": ds, "model": model, "seeds": int(seeds), "seed": seed, "epochs": epochs,
+              "batch_size": batch_size, "lr": lr, "augment": augment, "shift": shift, "tta_shift": tta_shift,
+              "calibrate": calibrate, "device": dev if ray_address is None else str(dev)}
+    units = [{**common, "train_idx": tr, "test_idx": te, "fold": i} for i, (tr, te) in enumerate(splits)]
+    finished = [0]
+
+    def fold_done(_res) -> None:
+        finished[0] += 1
+        if progress is not None:
+            progress(finished[0] / folds, f"{finished[0]}/{folds} folds done")
+
+    if ray_address is None and progress is not None:  # within-fold progress, where the callback lives
+        for i, u in enumerate(units):
+            u["progress"] = (lambda f, msg, i=i: progress((i + f) / folds, f"fold {i + 1}/{folds}: {msg}"))
+    t0 = time.perf_counter()
+    results = task_values(run_tasks(train_fold, units, ray_address=ray_address, num_cpus_per_task=threads or 1,
+                                    num_gpus=num_gpus, threads=threads,
+                                    on_result=None if ray_address is None else fold_done), "fold")
     pp = np.zeros((len(ds), ds.num_classes), dtype=np.float64)
     accs: list[float] = []
     temps: list[float] = []
-    views = 1
-    t0 = time.perf_counter()
-    for i, (tr, te) in enumerate(skf.split(np.zeros(len(labels)), labels)):
-        tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
-        probs = np.zeros((len(te), ds.num_classes), dtype=np.float64)
-        for m in range(seeds):
-            ms = member_seed(seed, i, m)
-            if isinstance(model, str):
-                net = build_model(model, ds.channels, ds.num_classes, ds.image_size, seed=ms)
-            else:
-                net = model(ds.channels, ds.num_classes, ds.image_size, ms)
-                require(isinstance(net, nn.Module),
-                        f"the model factory returned {type(net).__name__}, not an nn.Module")
-            sub = None
-            if progress is not None:
-                def sub(f, msg, i=i, m=m):
-                    return progress((i + (m + f) / seeds) / folds,
-                                    f"fold {i + 1}/{folds}" + (f", model {m + 1}/{seeds}" if seeds > 1 else "")
-                                    + f": {msg}")
-            fit(net, (ds.images[tr_t], ds.labels[tr_t]), epochs=epochs, batch_size=batch_size, lr=lr, seed=ms,
-                device=dev, transform=random_shift(shift) if augment else None, progress=sub)
-            vs = shifted_views(ds.images[te_t], tta_shift)
-            views = len(vs)
-            for v in vs:
-                probs += predict_proba(net, v, device=dev).double().numpy()
-        probs /= probs.sum(1, keepdims=True)
-        if calibrate:
-            probs, t = cross_fit_temperature(probs, labels[te], seed=seed + i)
-            temps.extend(t)
-        pp[te] = probs
-        accs.append(float((probs.argmax(1) == labels[te]).mean()))
+    for (_, te), r in zip(splits, results):
+        pp[te] = r.probs
+        accs.append(float((r.probs.argmax(1) == labels[te]).mean()))
+        temps.extend(r.temperatures)
     pp /= pp.sum(1, keepdims=True)
     if progress is not None:
         progress(1.0, "cross-validation done")
     return OutOfSample(pp, f"kfold:{name}", folds, float((pp.argmax(1) == labels).mean()), accs,
-                       time.perf_counter() - t0, seeds=int(seeds), views=views, temperatures=temps)
+                       time.perf_counter() - t0, seeds=int(seeds), views=results[-1].views, temperatures=temps)
 
 
 def embedding_pred_probs(ds: ImageDataset, model: nn.Module, *, layer: str | None = None, folds: int = 5,

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..adapter import as_model
 from ..errors import BadInput, require
+from ..shards import ModelRef, resolve_images, resolve_model, run_shards
 from .base import (
     LayerSaliency,
     check_inputs,
@@ -31,7 +32,7 @@ from .base import (
 from .eigencam import EigenCAM, EigenGradCAM
 from .gradcam import GradCAM
 from .meta import MetaSaliency
-from .metrics import class_sensitivity, deletion_insertion, pointing_game, randomization_check
+from .metrics import class_sensitivity, defined_mean, deletion_insertion, pointing_game, randomization_check
 from .normgrad import NormGrad
 
 #: Method names for ``explain``, the CLI and the app → (factory(model, layers), one-line description).
@@ -175,6 +176,9 @@ class SaliencyResult:
     boxes: list[list[int]] | None = None
     #: How each layer's output was read as N×C×H×W: ``nchw``, ``nhwc`` (permuted), ``tokens (…)``.
     layouts: dict[str, str] = field(default_factory=dict)
+    #: ``method@layer`` → metric → per-image values (``randomization``: N×steps), from which the rows
+    #: of :attr:`metrics` are the means; kept so that shards' results merge into the same rows.
+    _per_image: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def map(self, method: str, layer: str) -> torch.Tensor:
         """The maps of one method at one layer.
@@ -279,11 +283,25 @@ class SaliencyResult:
         return secs
 
 
+def _metric_row(method: str, layer: str, values: dict[str, np.ndarray]) -> dict:
+    """One row of :attr:`SaliencyResult.metrics`: the means of the per-image values."""
+    row = {"method": method, "layer": layer, "deletion AUC": float(np.mean(values["deletion AUC"])),
+           "insertion AUC": float(np.mean(values["insertion AUC"])),
+           "class sensitivity": defined_mean(values["class sensitivity"])}
+    if "pointing game" in values:
+        row["pointing game"] = float(np.mean(values["pointing game"]))
+    if "randomization" in values:
+        row["randomization ρ (all layers)"] = defined_mean(values["randomization"][:, -1])
+    return row
+
+
 def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("gradcam", "eigencam", "normgrad"),
             layers: Sequence[str] | str | None = None, target=None, *, labels=None,
             class_names: Sequence[str] | None = None, metrics: bool = True, boxes=None, sanity: bool = False,
             sanity_layers: int | None = None, combine: str = "geometric", combine_weights=None, n_steps: int = 20,
-            batch_size: int = 64, progress: Callable[[float, str], None] | None = None) -> SaliencyResult:
+            batch_size: int = 64, progress: Callable[[float, str], None] | None = None, shards: int | None = None,
+            ray_address: str | None = None, threads: int | None = None, num_gpus: float = 0,
+            device=None) -> SaliencyResult:
     """Explain ``images`` with each method at each layer (one forward and one backward pass per method).
 
     Parameters
@@ -321,7 +339,24 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
         Images per forward and backward pass (maps are normalised per image, so they do not depend
         on it).
     progress : callable, optional
-        ``progress(fraction, message)``, called per method.
+        ``progress(fraction, message)``, called per method (per shard when sharded).
+    shards : int, optional
+        Split the images into this many contiguous shards, each explained by :func:`explain_shard` as a
+        unit of :func:`workbench.shards.run_shards` (default 1 serially; ``ceil(N / 256)`` on Ray).
+        Maps, targets and predictions are per image and every metric is a mean of per-image values
+        (the randomization check re-seeds each layer the same way in every shard), so the merged
+        result equals the unsharded one up to float rounding, whatever the shard count; ``seconds``
+        add up the shards' times.
+    ray_address : str, optional
+        ``"local"``, ``"auto"`` or ``"HOST:PORT"``: run the shards as Ray tasks (None: serially here).
+    threads : int, optional
+        Torch threads per shard.
+    num_gpus : float, default 0
+        GPUs per Ray task.
+    device : str or torch.device, optional
+        Where each shard runs the model; the model may be a :class:`~workbench.shards.ModelRef`
+        (loaded by each shard) and the images a :class:`~workbench.shards.DataRef` (each shard reads
+        its own rows).
 
     Returns
     -------
@@ -348,6 +383,13 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
     (['gradcam', 'normgrad'], 6, ['method', 'layer', 'deletion AUC ↓'])
     """
     require(len(methods) > 0, "no saliency methods given")
+    if ray_address is not None or (shards is not None and shards != 1):
+        return _explain_sharded(model, images, list(methods), layers, target, labels=labels, class_names=class_names,
+                                metrics=metrics, boxes=boxes, sanity=sanity, sanity_layers=sanity_layers,
+                                combine=combine, combine_weights=combine_weights, n_steps=n_steps,
+                                batch_size=batch_size, progress=progress, shards=shards, ray_address=ray_address,
+                                threads=threads, num_gpus=num_gpus, device=device)
+    model, images = resolve_model(model, device), resolve_images(images)
     model = as_model(model)
     require(isinstance(images, torch.Tensor) and images.ndim == 4,
             f"images must be an N×C×H×W tensor, got {getattr(images, 'shape', type(images).__name__)}")
@@ -408,14 +450,124 @@ def explain(model: nn.Module, images: torch.Tensor, methods: Sequence[str] = ("g
             keyed.append(("combined", res.combined[mname]))
         for lay, m in keyed:
             di = deletion_insertion(model, x, m[:, None], tgt, n_steps=n_steps)
-            row = {"method": mname, "layer": lay, "deletion AUC": di.deletion, "insertion AUC": di.insertion,
-                   "class sensitivity": (cs.mean[lay] if cs is not None and lay in cs.mean else
-                                         (1.0 if cs is None and lay != "combined" else float("nan")))}
+            values = {"deletion AUC": di.deletion_auc, "insertion AUC": di.insertion_auc,
+                      "class sensitivity": (cs.per_image[lay] if cs is not None and lay in cs.per_image else
+                                            np.full(n, 1.0 if cs is None and lay != "combined" else np.nan))}
             if boxes is not None:
-                row["pointing game"] = pointing_game(m, boxes).accuracy
-            if rand is not None and lay in rand.rho:
-                row["randomization ρ (all layers)"] = rand.rho[lay][-1]
-            res.metrics.append(row)
+                values["pointing game"] = np.asarray(pointing_game(m, boxes).hits, dtype=np.float64)
+            if rand is not None and lay in rand.per_image:
+                values["randomization"] = rand.per_image[lay]
+            res._per_image[f"{mname}@{lay}"] = values
+            res.metrics.append(_metric_row(mname, lay, values))
     if progress is not None:
         progress(1.0, "done")
+    return res
+
+
+def explain_shard(model, images, start: int, *, device=None, **options) -> SaliencyResult:
+    """One shard of a sharded :func:`explain`: its images explained with the same options.
+
+    Parameters
+    ----------
+    model : nn.Module, callable, ModelAdapter or ModelRef
+        The model, or a reference the shard loads on ``device``.
+    images : torch.Tensor or DataRef
+        The shard's images, or a reference the shard reads.
+    start : int
+        Position of the shard's first image in the whole set (the result does not depend on it).
+    device : str or torch.device, optional
+        Where a referenced model is loaded (default cpu).
+    **options
+        :func:`explain`'s other arguments, per-image ones cut to the shard.
+
+    Returns
+    -------
+    SaliencyResult
+        The shard's maps, per-image metric values and their means.
+    """
+    return explain(resolve_model(model, device), resolve_images(images), **options)
+
+
+def check_methods(model, methods: Sequence[str], layers, input_shape: tuple[int, int, int]) -> None:
+    """Build each method on ``model`` at ``layers`` (default: the model's CAM layer) without running it.
+
+    For callers that hand the work to shards or Ray tasks: an unknown method or layer is bad input
+    here, before any unit starts.
+
+    Parameters
+    ----------
+    model : nn.Module, callable or ModelAdapter
+        The model.
+    methods : sequence of str
+        Method names (:func:`method_names`).
+    layers : str, sequence of str or None
+        The layers (None: the default CAM layer).
+    input_shape : tuple of int
+        ``(C, H, W)`` of the images.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    BadInput
+        For no methods, an unknown method name or a layer the model lacks.
+    """
+    require(len(methods) > 0, "no saliency methods given")
+    model = as_model(model)
+    chosen = resolve_default_layers(model, layers, tuple(input_shape))
+    for name in methods:
+        make_method(name, model, [chosen] if isinstance(chosen, str) else list(chosen))
+
+
+def _explain_sharded(model, images, methods: list[str], layers, target, *, labels, boxes, shards, ray_address,
+                     threads, num_gpus, device, progress, **options) -> SaliencyResult:
+    """:func:`explain` over contiguous shards (:func:`workbench.shards.run_shards`), merged in input order."""
+    if isinstance(images, torch.Tensor):
+        require(images.ndim == 4, f"images must be an N×C×H×W tensor, got {tuple(images.shape)}")
+    n = len(images)
+    require(n >= 1, "no images to explain")
+    t = check_target_length(target, n)
+    per_target = t is not None and not isinstance(t, int)
+    lab = None if labels is None else torch.as_tensor(labels).view(-1)
+    require(lab is None or len(lab) == n, f"{n} images but {0 if lab is None else len(lab)} labels")
+    box_rows = None if boxes is None else torch.as_tensor(boxes).view(-1, 4)
+    per_box = box_rows is not None and len(box_rows) > 1
+    require(not per_box or len(box_rows) == n, f"{n} images but {0 if box_rows is None else len(box_rows)} boxes")
+    if not isinstance(model, ModelRef) and isinstance(images, torch.Tensor):  # bad names fail before any shard
+        check_methods(model, methods, layers, tuple(images.shape[1:]))
+    per_input = {"images": images, "labels": lab, **({"target": t} if per_target else {}),
+                 **({"boxes": box_rows} if per_box else {})}
+    common = {"model": model, "device": device, "methods": methods, "layers": layers, **options,
+              **({} if per_target else {"target": t}), **({} if per_box or boxes is None else {"boxes": boxes})}
+    parts = run_shards(explain_shard, n, per_input=per_input, common=common, shards=shards, ray_address=ray_address,
+                       threads=threads, num_gpus=num_gpus, progress=progress)
+    return _merge(parts, None if box_rows is None else box_rows.long().tolist())
+
+
+def _merge(parts: list[SaliencyResult], boxes) -> SaliencyResult:
+    """The shards' results as one, in input order; metric rows recomputed from the per-image values."""
+    first = parts[0]
+    res = SaliencyResult(images=torch.cat([p.images for p in parts]), methods=list(first.methods),
+                         layers=list(first.layers), targets=[t for p in parts for t in p.targets],
+                         predictions=[c for p in parts for c in p.predictions],
+                         labels=None if first.labels is None else [c for p in parts for c in p.labels],
+                         class_names=list(first.class_names),
+                         maps={k: torch.cat([p.maps[k] for p in parts]) for k in first.maps},
+                         combined={k: torch.cat([p.combined[k] for p in parts]) for k in first.combined},
+                         combine_mode=first.combine_mode, boxes=boxes,
+                         seconds={k: sum(p.seconds[k] for p in parts) for k in first.seconds})
+    for p in parts:
+        res.layouts.update(p.layouts)
+    for key in first._per_image:
+        values = {m: np.concatenate([p._per_image[key][m] for p in parts]) for m in first._per_image[key]}
+        res._per_image[key] = values
+        method, layer = key.split("@", 1)
+        res.metrics.append(_metric_row(method, layer, values))
+        if "randomization" in values:
+            steps = values["randomization"]
+            entry = res.randomization.setdefault(method, {"randomized": first.randomization[method]["randomized"],
+                                                          "rho": {}})
+            entry["rho"][layer] = [defined_mean(steps[:, k]) for k in range(steps.shape[1])]
     return res

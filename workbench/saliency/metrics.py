@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -396,6 +396,28 @@ def pointing_game(maps: torch.Tensor, boxes, *, tolerance: float | None = None,
 
 
 # ---------------------------------------------------------------- class sensitivity
+def defined_mean(values) -> float:
+    """Mean of the defined (finite) values, NaN when there are none: how ρ is averaged over images.
+
+    Parameters
+    ----------
+    values : array-like of float
+        Per-image values, NaN where undefined.
+
+    Returns
+    -------
+    float
+        The mean of the finite values, or NaN.
+
+    Examples
+    --------
+    >>> defined_mean([0.5, float("nan"), 1.0]), defined_mean([float("nan")])
+    (0.75, nan)
+    """
+    v = np.ascontiguousarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+
 @dataclass
 class ClassSensitivity:
     """Per layer: per-image Spearman ρ between the most- and least-likely-class maps, and the mean.
@@ -450,8 +472,7 @@ def class_sensitivity(method: LayerSaliency, images: torch.Tensor) -> ClassSensi
     hi = method.attribute_layers(images, top)
     lo = method.attribute_layers(images, bottom)
     per = {n: spearman_rows(hi[n], lo[n]) for n in method.layer_names}
-    return ClassSensitivity(per, {n: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                                  for n, v in per.items()})
+    return ClassSensitivity(per, {n: defined_mean(v) for n, v in per.items()})
 
 
 # ---------------------------------------------------------------- model randomization
@@ -465,6 +486,8 @@ class RandomizationCheck:
         The layers randomised, in order (output first).
     rho : dict of str to list of float
         Saliency layer → mean ρ between the original and the new maps after each step.
+    per_image : dict of str to numpy.ndarray, default {}
+        Saliency layer → ρ per image and step, shape ``(N, steps)`` (NaN where a map is constant).
 
     Returns
     -------
@@ -473,6 +496,7 @@ class RandomizationCheck:
 
     randomized: list[str]
     rho: dict[str, list[float]]
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def parameter_layers_top_down(model: nn.Module, images: torch.Tensor) -> list[str]:
@@ -570,6 +594,7 @@ def randomization_check(method: LayerSaliency, images: torch.Tensor, target: Tar
     mods = dict(named_layers(work))
     clone = method.clone_for(work)
     rho: dict[str, list[float]] = {n: [] for n in method.layer_names}
+    per: dict[str, list[np.ndarray]] = {n: [] for n in method.layer_names}
     for i, name in enumerate(order):
         mod = mods[name]
         with torch.random.fork_rng(devices=[]):
@@ -582,5 +607,6 @@ def randomization_check(method: LayerSaliency, images: torch.Tensor, target: Tar
         maps = clone.attribute_layers(x, target)
         for n in method.layer_names:
             r = spearman_rows(ref[n], upsample(maps[n], size))
-            rho[n].append(float(np.nanmean(r)) if np.isfinite(r).any() else float("nan"))
-    return RandomizationCheck(order, rho)
+            rho[n].append(defined_mean(r))
+            per[n].append(r)
+    return RandomizationCheck(order, rho, {n: np.stack(v, 1) if v else np.zeros((len(x), 0)) for n, v in per.items()})
