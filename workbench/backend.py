@@ -80,7 +80,19 @@ def _call(fn: Callable, kwargs: dict, threads: int | None, index: int) -> TaskRe
 
 
 class UnitFailed(RuntimeError):
-    """A unit of work failed with an error other than bad input; the worker's traceback is its cause."""
+    """A unit of work failed with an error other than bad input; the worker's traceback is its cause.
+
+    Raised by :func:`task_values` (the CLI maps it to exit 1, an internal failure).
+
+    Parameters
+    ----------
+    message : str
+        One line: the unit, the error's type and message.
+
+    Returns
+    -------
+    A UnitFailed (a ``RuntimeError``).
+    """
 
 
 class _WorkerTraceback(Exception):
