@@ -116,7 +116,7 @@ def check_inputs(images: torch.Tensor, input_range: tuple[float, float] = INPUT_
     lo, hi = (float(v) for v in input_range)
     require(lo < hi, f"the valid input range must have low < high, got {input_range}")
     if images.numel():
-        a, b = float(images.min()), float(images.max())
+        a, b = float(images.detach().min()), float(images.detach().max())
         require(lo <= a and b <= hi, f"interval bounds need inputs in the valid input range [{lo:g}, {hi:g}]; "
                 f"got values in [{a:g}, {b:g}] (normalised inputs? put the normalisation inside the model as a "
                 "layer and pass images in [0, 1], or give the range the inputs come from)")
