@@ -124,6 +124,20 @@ def num_gpus_option(unit: str, hint: str = "give --device cuda"):
     return typer.Option(0.0, "--num-gpus", min=0.0, help=f"GPUs per {unit} on Ray (a fraction shares one); {hint}.")
 
 
+def by_reference(loaded, images, *, model: str, data: str, weights: Path | None, trust_code: bool, ds, subset,
+                 ray_address: str | None):
+    """The model and images to hand a sharded run: as given serially; with ``--ray-address``, a
+    :class:`~workbench.shards.ModelRef` and :class:`~workbench.shards.DataRef`, so each Ray task loads
+    the model and reads its own rows instead of receiving pickled modules and tensors."""
+    if ray_address is None:
+        return loaded.model, images
+    from ..shards import DataRef, ModelRef
+
+    return (ModelRef.of(model, weights=weights, trust_code=trust_code, input_shape=ds.input_shape,
+                        num_classes=ds.num_classes),
+            DataRef.of(data, subset.indices, n=len(subset)))
+
+
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator:
     """A rich progress bar; yields a ``progress(fraction, message)`` callback for the library."""

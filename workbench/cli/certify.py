@@ -19,6 +19,7 @@ from .base import (
     _check_seed,
     app,
     attack_app,
+    by_reference,
     check_fraction_option,
     check_out_option,
     console,
@@ -85,13 +86,8 @@ def certify(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     console.print(f"certifying {len(test)} images: {split.note}")
     with progress_bar(f"certifying with {method}") as progress:
         if method == "smoothing":
-            net, images = loaded.model, test.images
-            if ray_address is not None:  # each Ray task loads the model and reads its own images
-                from ..shards import DataRef, ModelRef
-
-                net = ModelRef.of(model, weights=weights, trust_code=trust_code, input_shape=ds.input_shape,
-                                  num_classes=ds.num_classes)
-                images = DataRef.of(data, test.indices, n=len(test))
+            net, images = by_reference(loaded, test.images, model=model, data=data, weights=weights,
+                                       trust_code=trust_code, ds=ds, subset=test, ray_address=ray_address)
             res = certify_smoothing(net, images, sigma, n0=n0, n=n, alpha=alpha, labels=test.labels,
                                     batch_size=batch_size, seed=seed, device=device, progress=progress,
                                     shards=shards, ray_address=ray_address, threads=threads, num_gpus=num_gpus)

@@ -20,6 +20,7 @@ from .base import (
     TrustOpt,
     WeightsOpt,
     app,
+    by_reference,
     check_out_option,
     console,
     done,
@@ -91,16 +92,12 @@ def saliency(model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
         except ValueError:
             raise BadInput(f"--box must be four integers y0,x0,y1,x1, got {box!r}") from None
         require(len(boxes) == 4, f"--box must be four integers y0,x0,y1,x1, got {box!r}")
-    net, images = loaded.model, sub.images
-    if ray_address is not None:  # each Ray task loads the model and reads its own images
+    if ray_address is not None:  # bad names fail here, before Ray starts
         from ..saliency.explain import check_methods
-        from ..shards import DataRef, ModelRef
 
-        check_methods(loaded.model, meths, lays, ds.input_shape)  # bad names fail here, before Ray starts
-
-        net = ModelRef.of(model, weights=weights, trust_code=trust_code, input_shape=ds.input_shape,
-                          num_classes=ds.num_classes)
-        images = DataRef.of(data, sub.indices, n=len(sub))
+        check_methods(loaded.model, meths, lays, ds.input_shape)
+    net, images = by_reference(loaded, sub.images, model=model, data=data, weights=weights, trust_code=trust_code,
+                               ds=ds, subset=sub, ray_address=ray_address)
     with progress_bar("saliency") as progress:
         res = explain(net, images, meths, lays, tgt, labels=sub.labels, class_names=ds.class_names,
                       boxes=boxes, sanity=sanity, combine=combine, n_steps=steps, progress=progress, shards=shards,
