@@ -8,7 +8,8 @@ for code that wants it in memory. Loaders validate what they read and raise
 :class:`~workbench.errors.BadInput` with a message naming the problem (missing file, unreadable
 image, length mismatch, wrong rank, NaN or out-of-range values, empty data, a single class).
 
-Spec strings (CLI and app): ``mnist10k``, ``digits``, ``npz:PATH``, ``folder:PATH``,
+Spec strings (CLI and app): ``mnist10k``, ``digits``, ``shapes[:ARGS]`` (procedurally generated, see
+:mod:`workbench.synthetic`), ``npz:PATH``, ``folder:PATH``,
 ``idx:IMAGES,LABELS``, ``npy:DIR`` (a memory-mapped folder, see :func:`load_npy_dir` and
 :func:`convert_dataset`).
 """
@@ -1115,7 +1116,8 @@ def convert_dataset(spec: str | ImageDataset, out: str | Path, *, overwrite: boo
 def load_dataset(spec: str) -> ImageDataset:
     """Load a dataset from a spec string (the same strings in the CLI and the app).
 
-    Specs: ``mnist10k``, ``digits``, ``npz:PATH`` (or a bare path ending in ``.npz``),
+    Specs: ``mnist10k``, ``digits``, ``shapes[:ARGS]`` (:mod:`workbench.synthetic`), ``npz:PATH`` (or a
+    bare path ending in ``.npz``),
     ``folder:PATH``, ``idx:IMAGES,LABELS``, ``npy:DIR`` (memory-mapped). The kind is case-insensitive.
 
     Parameters
@@ -1140,7 +1142,7 @@ def load_dataset(spec: str) -> ImageDataset:
     >>> load_dataset("cifar10")
     Traceback (most recent call last):
     ...
-    workbench.errors.BadInput: unknown dataset spec 'cifar10'; use one of: mnist10k, digits, npz:PATH, folder:PATH, idx:IMAGES,LABELS, npy:DIR
+    workbench.errors.BadInput: unknown dataset spec 'cifar10'; use one of: mnist10k, digits, shapes, npz:PATH, folder:PATH, idx:IMAGES,LABELS, npy:DIR
     """
     require(isinstance(spec, str) and spec.strip() != "", "empty dataset spec")
     spec = spec.strip()
@@ -1150,6 +1152,10 @@ def load_dataset(spec: str) -> ImageDataset:
         return load_mnist10k()
     if kind == "digits" and not arg:
         return load_digits()
+    if kind == "shapes":
+        from .synthetic import load_shapes
+
+        return load_shapes(arg)
     if kind == "npz" and arg:
         return load_npz(arg)
     if kind == "folder" and arg:
@@ -1162,11 +1168,11 @@ def load_dataset(spec: str) -> ImageDataset:
         return load_idx(parts[0], parts[1])
     if arg == "" and spec.endswith(".npz"):
         return load_npz(spec)
-    raise BadInput(f"unknown dataset spec {spec!r}; use one of: mnist10k, digits, npz:PATH, "
+    raise BadInput(f"unknown dataset spec {spec!r}; use one of: mnist10k, digits, shapes, npz:PATH, "
                    "folder:PATH, idx:IMAGES,LABELS, npy:DIR")
 
 
-DATASET_SPECS = ("mnist10k", "digits", "npz:PATH", "folder:PATH", "idx:IMAGES,LABELS", "npy:DIR")
+DATASET_SPECS = ("mnist10k", "digits", "shapes", "npz:PATH", "folder:PATH", "idx:IMAGES,LABELS", "npy:DIR")
 
 
 def train_test_split(ds: ImageDataset, test_fraction: float = 0.2, seed: int = 0
