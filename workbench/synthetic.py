@@ -6,7 +6,7 @@ position, scale, rotation, stroke width, contrast, background level and gradient
 noise, and in the RGB variant random foreground and background colours (colour carries no class
 information). Some pairs are close on purpose, as shirt and T-shirt are in a clothing set: a thick
 ring looks like a disk, a thick frame like a square, a wide cross like a square, stripes near the
-orientation boundary like the other orientation. A small CNN reaches about 90% on it, not the 99% of
+orientation boundary like the other orientation. The default CNN reaches about 94% on it, not the 99% of
 digits, so confusions and multi-modal classes are part of what a method is measured on.
 
 Specs (CLI and app): ``shapes`` (12,000 images, 28×28 grayscale, seed 0), ``shapes:rgb`` (32×32 RGB),
@@ -93,6 +93,7 @@ def _shape_alpha(cls: int, x: np.ndarray, y: np.ndarray, gx: np.ndarray, gy: np.
     if cls == 2:  # square
         return _smooth(cheb - 0.8, aa)
     if cls == 3:  # frame: a thick one is close to a square
+        t = 0.8 * t
         return _smooth(np.abs(cheb - (0.8 - t / 2)) - t / 2, aa)
     if cls == 4:  # triangle (inradius 0.5)
         d = np.full_like(x, -np.inf)
@@ -101,7 +102,7 @@ def _shape_alpha(cls: int, x: np.ndarray, y: np.ndarray, gx: np.ndarray, gy: np.
             d = np.maximum(d, x * np.cos(a) + y * np.sin(a) - 0.5)
         return _smooth(d, aa)
     if cls == 5:  # cross: wide arms are close to a square
-        w = 0.18 + 0.55 * t
+        w = 0.1 + 0.55 * t
         arm1 = np.maximum(np.abs(x) - 0.95, np.abs(y) - w)
         arm2 = np.maximum(np.abs(x) - w, np.abs(y) - 0.95)
         return _smooth(np.minimum(arm1, arm2), aa)
@@ -159,21 +160,21 @@ def make_shapes(size: int = 28, channels: int = 1, n: int = 12_000, seed: int = 
         lab = labels[s:s + chunk]
         m = len(lab)
         # nuisances, drawn for every image in the chunk in one fixed order (the draw is seed-stable)
-        scale = rng.uniform(0.35, 0.75, m)
-        cx, cy = rng.uniform(-0.3, 0.3, (2, m))
+        scale = rng.uniform(0.3, 0.7, m)
+        cx, cy = rng.uniform(-0.35, 0.35, (2, m))
         rot = rng.uniform(0, 2 * np.pi, m)
-        params = {"stroke": rng.uniform(0.2, 0.75, m)[:, None, None],
+        params = {"stroke": rng.uniform(0.2, 1.0, m)[:, None, None],
                   "freq": rng.uniform(1.6, 3.2, m)[:, None, None],
                   "phase": rng.uniform(0, 2 * np.pi, m)[:, None, None],
-                  "angle": np.where(lab == 6, rng.uniform(-np.pi / 5, np.pi / 5, m),
-                                    rng.uniform(np.pi / 2 - np.pi / 5, np.pi / 2 + np.pi / 5, m))[:, None, None],
+                  "angle": np.where(lab == 6, rng.uniform(-0.27 * np.pi, 0.27 * np.pi, m),
+                                    rng.uniform(0.23 * np.pi, 0.77 * np.pi, m))[:, None, None],
                   "dots": np.stack([rng.uniform(-0.7, 0.7, (m, 6)), rng.uniform(-0.6, 0.6, (m, 6)),
                                     rng.uniform(0.14, 0.28, (m, 6))], axis=-1)}
-        contrast = rng.uniform(0.45, 1.0, m)
-        background = rng.uniform(0.0, 0.35, m)
-        grad = rng.uniform(-0.15, 0.15, (m, 2))
-        noise_sd = rng.uniform(0.02, 0.10, m)
-        blur = rng.uniform(0.0, 1.0, m)
+        contrast = rng.uniform(0.3, 0.9, m)
+        background = rng.uniform(0.0, 0.4, m)
+        grad = rng.uniform(-0.2, 0.2, (m, 2))
+        noise_sd = rng.uniform(0.03, 0.14, m)
+        blur = rng.uniform(0.0, 2.0, m)
         fg_colour = rng.uniform(0.3, 1.0, (m, 3))
         bg_colour = rng.uniform(0.0, 0.5, (m, 3))
         noise = rng.standard_normal((m, size, size, channels))
