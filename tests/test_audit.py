@@ -148,7 +148,7 @@ def test_cli_audit_passes_clean_model_and_a_toml_override_fails_it(saved_digits_
 
 def test_audit_report_joins_poison_and_label_evidence(backdoored):
     ds = backdoored.poisoned.dataset
-    rep = audit(backdoored.model, ds, checks=["labels", "poison"])
+    rep = audit(backdoored.model, ds, checks=["labels", "poison"], test=backdoored.test)
     poison, labels = rep.outcome("poison").result, rep.outcome("labels").result
     s = rep.suspects
     assert set(s.columns) >= {"given", "suggested", "label_score", "poison_score", "likely_poison", "verdict"}
@@ -163,6 +163,93 @@ def test_audit_report_joins_poison_and_label_evidence(backdoored):
     assert csv[0].startswith("index,given") and len(csv) == len(s.order) + 1
 
 
+# ---------------------------------------------------------------- the poison check (held-out cluster test)
+def _toy(n_train=400, n_held=100, seed=0):
+    """Two classes of 4-d Gaussian features: class a has a natural second mode (30% of it, in training and
+    held-out samples alike), which the relative-size rule of activation clustering takes for poison."""
+    from workbench.data import ImageDataset
+
+    g = torch.Generator().manual_seed(seed)
+    y, yh = torch.arange(n_train) % 2, torch.arange(n_held) % 2
+    f, fh = torch.randn(n_train, 4, generator=g), torch.randn(n_held, 4, generator=g)
+    f[: int(0.6 * n_train * 0.5):2, 1] += 6.0  # 30% of class a's training samples in a second mode
+    fh[: int(0.6 * n_held * 0.5):2, 1] += 6.0  # and 30% of its held-out samples
+    tr = ImageDataset(torch.zeros(n_train, 1, 8, 8, dtype=torch.uint8), y, ["a", "b"], "train")
+    ho = ImageDataset(torch.zeros(n_held, 1, 8, 8, dtype=torch.uint8), yh, ["a", "b"], "held-out")
+    return tr, ho, f, fh, y.clone()
+
+
+def test_cluster_test_passes_a_natural_mode_and_its_p_is_the_binomial_tail():
+    from scipy.stats import binom
+
+    from defenses.cluster_test import cluster_test
+    from defenses.detectors import activation_clustering_detect
+    from workbench.models import architecture
+
+    tr, ho, f, fh, pred = _toy()
+    net = architecture("cnn", 1, 2, 8)
+    assert activation_clustering_detect(net, tr, features=f).details["per_class"]["a"]["suspected"]
+    r = cluster_test(net, tr, ho, features=f, heldout_features=fh, predictions=pred)
+    assert r.verdicts == ["no evidence", "no evidence"] and r.flagged == [] and not r.likely_poison.any()
+    # the tested cluster's p is the exact binomial tail of its held-out count at its training share
+    h = round(r.heldout_share[0] * r.n_heldout[0])
+    assert r.p_values[0] == pytest.approx(binom.cdf(h, r.n_heldout[0], r.train_share[0]), rel=1e-12)
+    assert r.bar == pytest.approx(1e-3 / 4)
+
+
+def test_cluster_test_flags_a_learned_cluster_the_held_out_set_lacks_and_warns_on_an_unlearned_one():
+    from defenses.cluster_test import cluster_test
+    from workbench.models import architecture
+
+    tr, ho, f, fh, pred = _toy()
+    f[1:121:2, 2] += 8.0  # 60 samples of class b (half its mode-free samples) in a cluster no held-out b fills
+    net = architecture("cnn", 1, 2, 8)
+    r = cluster_test(net, tr, ho, features=f, heldout_features=fh, predictions=pred)
+    assert r.verdicts == ["no evidence", "poison likely"] and r.flagged == [1]
+    assert r.likely_poison[1:121:2].all() and int(r.likely_poison.sum()) == 60
+    assert r.in_flagged_class.tolist() == (tr.labels == 1).tolist()
+    pred[1:121:2] = 0  # the model does not put them in class b: label errors, not a learned trigger
+    r = cluster_test(net, tr, ho, features=f, heldout_features=fh, predictions=pred)
+    assert r.verdicts == ["no evidence", "unlearned cluster"] and not r.likely_poison.any()
+
+
+def test_cluster_test_is_inconclusive_when_too_few_held_out_samples_could_show_it():
+    from defenses.cluster_test import cluster_test
+    from workbench.models import architecture
+
+    tr, ho, f, fh, pred = _toy(n_held=100)
+    f[1:121:2, 2] += 8.0
+    keep = list(range(0, 100, 2)) + [1, 3, 5, 7, 9, 11]  # six held-out samples of class b: 0.85^6 > bar
+    ho6 = ho.subset(keep)
+    r = cluster_test(architecture("cnn", 1, 2, 8), tr, ho6, features=f, heldout_features=fh[keep], predictions=pred)
+    assert r.verdicts[1] == "inconclusive" and "would not be significant" in r.reasons[1]
+    assert r.flagged == []
+
+
+def test_poison_check_flags_the_backdoor_target_and_its_samples(backdoored):
+    """Measured on this fixture's recipe (digits, 2×2 patch, 10%, target 0, 4 epochs) over seeds 0-4 ×
+    {1, 2} threads: fail with class 0 alone in 10 of 10, precision 1.00 and recall 1.00 in 10 of 10,
+    the target's p 1.5e-11..2.6e-6 against a bar of 5e-5, the other classes' smallest p 3.9e-3..0.12.
+    Bars: precision and recall 0.95."""
+    ds = backdoored.poisoned.dataset
+    rep = audit(backdoored.model, ds, checks=["poison"], test=backdoored.test)
+    out = rep.outcome("poison")
+    r = out.result
+    assert out.verdict == "fail" and r.flagged == [0]
+    truth = backdoored.poisoned.is_poisoned.numpy()
+    tp = int((r.likely_poison & truth).sum())
+    assert tp / r.likely_poison.sum() >= 0.95 and tp / truth.sum() >= 0.95
+    assert "class 0: poison likely" in out.failing[0].reason
+
+
+def test_poison_check_passes_the_clean_model(digits_model):
+    """Measured on the fixture's recipe (digits, 4 epochs) over seeds 0-4 × {1, 2} threads: pass in 10 of
+    10, the smallest per-class p 5.4e-3..4.9e-2 against a bar of 5e-5."""
+    rep = audit(digits_model.model, digits_model.train, checks=["poison"], test=digits_model.test)
+    assert rep.outcome("poison").verdict == "pass"
+    assert rep.outcome("poison").result.p_values.min() > 1e-3
+
+
 # ---------------------------------------------------------------- the app page
 def test_app_audit_page_shows_verdicts_first_and_the_suspects(digits_model, digits):
     from streamlit.testing.v1 import AppTest
@@ -170,7 +257,7 @@ def test_app_audit_page_shows_verdicts_first_and_the_suspects(digits_model, digi
     from workbench.models import LoadedModel
 
     at = AppTest.from_string("from workbench.ui import audit\naudit.render()", default_timeout=300)
-    at.session_state["dataset"] = digits.sample(400, seed=1)
+    at.session_state["dataset"] = digits  # the card's held-out split of it is the poison check's clean set
     at.session_state["model"] = LoadedModel(digits_model.model, digits_model.card, "digits-cnn")
     at.run()
     at.multiselect(key="audit_checks").set_value(["labels", "poison"]).run()

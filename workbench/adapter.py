@@ -317,13 +317,14 @@ class ModelAdapter(nn.Module):
 def as_model(model, **kwargs) -> ModelAdapter:
     """The :class:`ModelAdapter` of ``model`` (returned as is if it already is one).
 
-    ``kwargs`` (``mean``, ``std``, ``size``, ``module``, ``input_shape``) configure a new adapter;
+    A :class:`workbench.models.LoadedModel` (what :func:`workbench.models.load_model` returns) gives
+    its adapter, so every library function takes a loaded model folder as it is. ``kwargs`` (``mean``, ``std``, ``size``, ``module``, ``input_shape``) configure a new adapter;
     they cannot be given together with an adapter. TorchScript models are adapted with hooks marked
     unsupported.
 
     Parameters
     ----------
-    model : nn.Module, callable or ModelAdapter
+    model : nn.Module, callable, ModelAdapter or LoadedModel
         The user's classifier (see :class:`ModelAdapter`).
     **kwargs
         Keyword arguments of :class:`ModelAdapter` for a new adapter.
@@ -345,6 +346,9 @@ def as_model(model, **kwargs) -> ModelAdapter:
     >>> as_model(m) is m
     True
     """
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "model", None), ModelAdapter) \
+            and hasattr(model, "card"):  # a LoadedModel (not imported here: models imports this module)
+        model = model.model
     if isinstance(model, ModelAdapter):
         require(not kwargs, f"{', '.join(kwargs)} cannot be set on a model that is already adapted")
         return model

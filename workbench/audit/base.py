@@ -3,8 +3,9 @@
 A check is one module in this package holding a subclass of :class:`Check` decorated with
 :func:`register`: a ``name``, what it ``needs`` (``model``, ``train``: the training data, ``clean``:
 a small clean set), its :class:`Param` s with defaults and ranges, ``run(ctx, params) -> result`` (a
-dataclass) and ``conditions(result, params) -> [Condition]`` giving pass / warn / fail, each with a
-one-sentence reason. The shape follows the model/data validation suites run in CI (a suite of
+dataclass) and ``conditions(result, params) -> [Condition]`` giving pass / warn / inconclusive / fail,
+each with a one-sentence reason. A check that cannot decide (too little data, a statistic without
+power, a search that did not converge) says ``"inconclusive"`` with its reason, never ``"pass"``. The shape follows the model/data validation suites run in CI (a suite of
 checks, each with conditions) and cleanlab's Datalab (a registry of issue managers over one call).
 
 Shared work lives in :class:`AuditContext` and is computed once, on first use: the feature pass over
@@ -25,7 +26,9 @@ from ..data import ImageDataset, held_out
 from ..errors import BadInput
 
 Progress = Callable[[float, str], None]
-VERDICTS = ("pass", "warn", "fail")
+#: Verdicts from least to most severe. ``inconclusive``: the check could not decide (its reason says why);
+#: it is not a pass, and ``workbench audit run`` gates on it by default.
+VERDICTS = ("pass", "warn", "inconclusive", "fail")
 NEEDS = {"model": "a trained model (--model)",
          "train": "the model's training data (--data)",
          "clean": "a small clean set: a test set (--test) or a model card that records its held-out split"}
@@ -115,7 +118,7 @@ class Condition:
     name : str
         What is judged (e.g. ``"accuracy"``, ``"trigger anomaly"``).
     verdict : str
-        ``"pass"``, ``"warn"`` or ``"fail"``.
+        ``"pass"``, ``"warn"``, ``"inconclusive"`` (the check could not decide) or ``"fail"``.
     reason : str
         One sentence with the figure and the threshold it was compared with.
 
@@ -126,7 +129,7 @@ class Condition:
     """
 
     name: str
-    verdict: str  # pass | warn | fail
+    verdict: str  # pass | warn | inconclusive | fail
     reason: str  # one sentence
 
 
@@ -139,7 +142,7 @@ class CheckOutcome:
     check : str
         The check's registered name.
     verdict : str
-        The worst of its conditions' verdicts (``"pass"`` < ``"warn"`` < ``"fail"``).
+        The worst of its conditions' verdicts (``"pass"`` < ``"warn"`` < ``"inconclusive"`` < ``"fail"``).
     key_figure : str
         A short figure for the verdict table (from :meth:`Check.key_figure`).
     conditions : list of Condition
@@ -180,12 +183,12 @@ class CheckOutcome:
 
 
 def worst(verdicts) -> str:
-    """The most severe of some verdicts (``"fail"`` over ``"warn"`` over ``"pass"``).
+    """The most severe of some verdicts (``"fail"`` over ``"inconclusive"`` over ``"warn"`` over ``"pass"``).
 
     Parameters
     ----------
     verdicts : iterable of str
-        Each ``"pass"``, ``"warn"`` or ``"fail"``.
+        Each one of :data:`VERDICTS`.
 
     Returns
     -------
@@ -194,8 +197,8 @@ def worst(verdicts) -> str:
 
     Examples
     --------
-    >>> worst(["pass", "warn", "pass"]), worst([])
-    ('warn', 'pass')
+    >>> worst(["pass", "warn", "pass"]), worst(["warn", "inconclusive"]), worst([])
+    ('warn', 'inconclusive', 'pass')
     """
     vs = list(verdicts)
     return max(vs, key=VERDICTS.index) if vs else "pass"

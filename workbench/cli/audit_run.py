@@ -26,7 +26,9 @@ from .base import (
     open_model,
 )
 
-STYLE = {"pass": "green", "warn": "yellow", "fail": "red", "skipped": "dim"}
+#: --fail-on value → the condition verdicts that exit 3.
+GATES = {"fail": ("fail",), "inconclusive": ("fail", "inconclusive"), "warn": ("fail", "inconclusive", "warn")}
+STYLE = {"pass": "green", "warn": "yellow", "inconclusive": "magenta", "fail": "red", "skipped": "dim"}
 
 
 def read_config(path: Path | None) -> dict:
@@ -65,19 +67,21 @@ def run_cmd(
                                                             "are met)."),
     config: Path | None = typer.Option(None, "--config", help="TOML file of per-check parameters and thresholds, "
                                                              "e.g. [poison] max_false_alarm = 0.01."),
-    fail_on: str = typer.Option("fail", "--fail-on", help="Exit 3 when a condition is 'fail' (default) or also "
-                                                          "when one is 'warn'."),
+    fail_on: str = typer.Option("inconclusive", "--fail-on",
+                                help="Exit 3 when a condition is at least this severe: 'fail', 'inconclusive' "
+                                     "(default: a check that could not decide is not a pass) or 'warn'."),
     as_json: bool = typer.Option(False, "--json", help="Print the machine-readable summary on stdout."),
     out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="Folder for report.json/html and suspects.csv.",
                              callback=check_out_option),
     weights: Path | None = WeightsOpt, trust_code: bool = TrustOpt,
     seed: int = SeedOpt, device: str = DeviceOpt) -> None:
-    """Audit a model and its data with every check; exit 3 when a condition fails (each reason printed)."""
+    """Audit a model and its data with every check; exit 3 when a condition fails or is inconclusive (each reason
+    printed)."""
     from ..audit import CHECKS, audit
     from ..audit.base import select_checks, validate_config
 
-    if fail_on not in ("fail", "warn"):
-        raise BadInput(f"--fail-on must be fail or warn, got {fail_on!r}")
+    if fail_on not in GATES:
+        raise BadInput(f"--fail-on must be one of {', '.join(GATES)}, got {fail_on!r}")
     names = select_checks(checks) if checks is not None else None
     cfg = read_config(config)
     validate_config(cfg, names or list(CHECKS))  # unknown keys and bad values: exit 2 before any work
@@ -111,7 +115,7 @@ def run_cmd(
     done(paths)
     if as_json:
         typer.echo(json.dumps(report.summary(), indent=2))
-    gate = ("fail",) if fail_on == "fail" else ("fail", "warn")
+    gate = GATES[fail_on]
     bad = [(o.check, c) for o in report.outcomes for c in o.conditions if c.verdict in gate]
     if bad:
         for check, c in bad:

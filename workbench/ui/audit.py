@@ -17,7 +17,7 @@ from .common import current_dataset, require_model_and_data
 TITLE = "Audit"
 ICON = ":material/fact_check:"
 URL = "audit"
-COLOR = {"pass": "green", "warn": "orange", "fail": "red", "skipped": "gray"}
+COLOR = {"pass": "green", "warn": "orange", "inconclusive": "violet", "fail": "red", "skipped": "gray"}
 
 
 def _section(sec) -> None:
