@@ -84,11 +84,15 @@ def matrix_cells(datasets=DATASETS, seeds=SEEDS) -> list[Cell]:
 
 def dev_cells() -> list[Cell]:
     """The cells the methods were tuned on (seed 100: in no matrix cell)."""
-    return [Cell("shapes", "badnets", 3, "bottom-right", 0, 0.05, 100), Cell("shapes", "blended", 0, "", 0, 0.05, 100),
-            Cell("shapes", "clean", 0, "", 0, 0.0, 100), Cell("mnist10k", "badnets", 3, "bottom-right", 0, 0.05, 100),
-            Cell("shapes", "badnets", 2, "top-left", 7, 0.05, 100), Cell("shapes", "badnets", 4, "top-right", 3, 0.10, 100),
-            Cell("shapes:rgb", "badnets", 3, "bottom-left", 0, 0.05, 100),
-            Cell("shapes", "badnets", 3, "bottom-right", 0, 0.01, 100), Cell("mnist10k", "clean", 0, "", 0, 0.0, 100)]
+    cells = [Cell("shapes", "badnets", 3, "bottom-right", 0, 0.05, 100), Cell("shapes", "blended", 0, "", 0, 0.05, 100),
+             Cell("shapes", "clean", 0, "", 0, 0.0, 100), Cell("shapes", "badnets", 2, "top-left", 7, 0.05, 100),
+             Cell("shapes", "badnets", 4, "top-right", 3, 0.10, 100), Cell("shapes", "badnets", 3, "bottom-right", 0, 0.01, 100)]
+    for d in ("digits", "mnist10k", "shapes:rgb"):
+        cells += [Cell(d, "badnets", 3, "bottom-left", 0, 0.05, 100), Cell(d, "blended", 0, "", 7, 0.05, 100),
+                  Cell(d, "clean", 0, "", 0, 0.0, 100)]
+    cells += [Cell("digits", "badnets", 2, "top-left", 7, 0.05, 100), Cell("digits", "badnets", 2, "bottom-right", 0, 0.05, 100),
+              Cell("digits", "badnets", 3, "bottom-right", 0, 0.01, 100)]
+    return cells
 
 
 def cell_data(cell: Cell):
@@ -179,6 +183,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="cells trained or audited in parallel processes")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--trained-only", action="store_true", help="audit only the cells whose model is cached")
     ap.add_argument("--checks", default="poison,backdoor")
     a = ap.parse_args()
     cells = matrix_cells(tuple(a.datasets)) if a.cells == "matrix" else dev_cells()
@@ -188,6 +193,8 @@ def main() -> None:
     if a.out is not None and a.out.is_file():
         done = {json.loads(line)["key"] for line in a.out.read_text().splitlines() if line.strip()}
     todo = [c for c in cells if c.key not in done]
+    if a.trained_only:
+        todo = [c for c in todo if (a.cache / c.key / "bench.json").is_file()]
     print(f"{len(cells)} cells, {len(todo)} to do", flush=True)
     with ProcessPoolExecutor(a.workers) as ex:
         if a.train_only:

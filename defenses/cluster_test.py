@@ -16,22 +16,27 @@ The test, per class c (given labels), on the features of ``layer`` (default: the
 model's first fully connected layer, :data:`~defenses.detectors.HEAD_INPUT`, or the penultimate
 layer when the model has none):
 
-1. PCA of the training features of class c to ``n_components`` dimensions and 2-means (as activation
-   clustering does); each held-out sample of class c goes to the nearer centroid.
-2. For the cluster whose held-out share falls furthest below its training share s, the one-sided
-   exact binomial test of its held-out count h out of m, ``h ~ Binomial(m, s)``, gives p.
-3. The class is *poison likely* when p < ``alpha / (2K)`` (Bonferroni over the two clusters and K
+1. PCA of the training features of class c to ``n_components`` dimensions, then k-means for k = 2,
+   3, 4 (``max_clusters``): nine candidate clusters, so that a small poison cluster is isolated even
+   when the class's natural modes dominate its first split; each held-out sample of class c goes to
+   the nearest centroid of each clustering.
+2. For every candidate cluster with training share s, the one-sided exact binomial test of its
+   held-out count h out of m, ``h ~ Binomial(m, s)``, gives p; the cluster with the smallest p is the
+   class's tested cluster.
+3. The class is *poison likely* when p < ``alpha / (9K)`` (Bonferroni over the nine clusters and K
    classes) and the model predicts at least ``min_learned`` of the cluster as c (the trigger was
    learned). A cluster the held-out set does not fill but that the model does *not* learn as c is
    reported as *unlearned*: label errors, or a poison that did not take.
-4. The class is *inconclusive* when no held-out sample falls in the cluster (h = 0, as for a pure
-   poison cluster) but even that is not significant: ``(1 − s)^m ≥ alpha / (2K)``, too few held-out
-   samples of c for a cluster that small, so poison can neither be found nor ruled out. A class with
-   no held-out sample is inconclusive too.
-
+4. The class is *inconclusive* when the test has no power there: with m held-out samples even a
+   cluster none of them fall in is significant only when its share exceeds ``1 − bar^(1/m)``; when
+   that exceeds ``min_share`` (0.1: what a 1% poison makes of a 10-class set's target class) a poison
+   of the size asked for could be neither found nor ruled out. On digits' 20% split, 36 held-out
+   images per class, that smallest share is 27%, so every class of digits is inconclusive below a
+   ``min_share`` of 0.27; MNIST-10k's 200 per class reach 6%. A class with no held-out sample is
+   inconclusive too.
 5. In a poison-likely class, the suspected samples are then the training samples that a linear
    discriminant (LDA, in the same PCA space) fitted on the cluster against the class's held-out
-   samples puts on the cluster's side: the 2-means boundary sits between the two groups' centres,
+   samples puts on the cluster's side: the k-means boundary sits between the two groups' centres,
    while the discriminant uses the clean side's own spread (on digits with a 2×2 patch it raised the
    recall of the suspected set from 0.58 to 1.00 at precision 1.00).
 
@@ -84,7 +89,7 @@ class ClusterTestResult:
     learned : numpy.ndarray
         Shape (K,): share of the tested cluster the model predicts as the class.
     bar : float
-        The per-test significance bar, ``alpha / (2K)``.
+        The per-test significance bar, ``alpha / (9K)`` (with ``max_clusters`` 4).
     cluster : numpy.ndarray
         Shape (N,), bool: the training sample is in its class's tested cluster.
     likely_poison : numpy.ndarray
@@ -178,20 +183,25 @@ def binomial_below(h: int, m: int, s: float) -> float:
     return float(binom.cdf(h, m, s))
 
 
-def _split(x: np.ndarray, h: np.ndarray, n_components: int, seed: int):
-    """2-means of the training features x (after PCA fitted on x); held-out features h assigned to it.
-    Returns the training and held-out cluster labels and both in PCA coordinates."""
+def _clusterings(x: np.ndarray, h: np.ndarray, n_components: int, max_clusters: int, seed: int):
+    """k-means of the training features x for k = 2..max_clusters (after PCA fitted on x), the held-out
+    features h assigned to each. Returns [(train labels, held-out labels)] per k, and x and h in PCA
+    coordinates."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     mu = x.mean(0)
-    k = max(1, min(n_components, x.shape[1], len(x) - 1))
-    pca = PCA(n_components=k, random_state=seed).fit(x - mu)
+    d = max(1, min(n_components, x.shape[1], len(x) - 1))
+    pca = PCA(n_components=d, random_state=seed).fit(x - mu)
     z = pca.transform(x - mu)
-    zh = pca.transform(h - mu) if len(h) else np.zeros((0, k))
-    km = KMeans(n_clusters=2, n_init=5, random_state=seed).fit(z)
-    hl = km.predict(zh) if len(h) else np.zeros(0, dtype=int)
-    return km.labels_, hl, z, zh
+    zh = pca.transform(h - mu) if len(h) else np.zeros((0, d))
+    out = []
+    for k in range(2, max_clusters + 1):
+        if k > len(x):
+            break
+        km = KMeans(n_clusters=k, n_init=5, random_state=seed).fit(z)
+        out.append((km.labels_, km.predict(zh) if len(h) else np.zeros(0, dtype=int)))
+    return out, z, zh
 
 
 def _refine(z: np.ndarray, zh: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -235,7 +245,8 @@ def feature_layer(model: nn.Module, input_shape=None) -> str:
 
 
 def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *, layer: str | None = None,
-                 alpha: float = 1e-3, min_learned: float = 0.5, n_components: int = 10, seed: int = 0,
+                 alpha: float = 1e-3, min_learned: float = 0.5, min_share: float = 0.1, n_components: int = 10,
+                 max_clusters: int = 4, seed: int = 0,
                  features=None, heldout_features=None, predictions=None) -> ClusterTestResult:
     """The held-out cluster test of the module docstring, every class of ``data``.
 
@@ -254,8 +265,14 @@ def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *,
         Family-wise false-alarm rate over the classes, in (0, 0.5).
     min_learned : float, default 0.5
         Share of an under-filled cluster the model must predict as its class for "poison likely", in [0, 1].
+    min_share : float, default 0.1
+        The smallest share of a class that a poison cluster is to be found at, in (0, 1): a class whose
+        held-out samples are too few for that is inconclusive. 0.1 is what 1% poison of a 10-class
+        set makes of its target class.
     n_components : int, default 10
-        PCA dimensions before the 2-means, ≥ 1.
+        PCA dimensions before the k-means, ≥ 1.
+    max_clusters : int, default 4
+        k-means runs for k = 2..max_clusters and every cluster is tested, 2..20.
     seed : int, default 0
         Seeds PCA and k-means.
     features, heldout_features : array_like, optional
@@ -294,6 +311,8 @@ def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *,
     check_in_range("alpha", float(alpha), 0.0, 0.5, low_open=True, high_open=True)
     check_in_range("min_learned", float(min_learned), 0.0, 1.0)
     require(n_components >= 1, f"n_components must be >= 1, got {n_components}")
+    require(2 <= max_clusters <= 20, f"max_clusters must be in 2..20, got {max_clusters}")
+    check_in_range("min_share", float(min_share), 0.0, 1.0, low_open=True, high_open=True)
     data, heldout = as_dataset(data), as_dataset(heldout)
     require(heldout.num_classes == data.num_classes,
             f"the held-out set has {heldout.num_classes} classes, the training data {data.num_classes}")
@@ -313,7 +332,8 @@ def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *,
     require(pred.shape == (len(data),), f"predictions must have shape ({len(data)},), got {pred.shape}")
     labels, hlabels = data.labels.numpy(), heldout.labels.numpy()
     k = data.num_classes
-    bar = float(alpha) / (2 * k)
+    tests = sum(range(2, max_clusters + 1))  # clusters tested per class
+    bar = float(alpha) / (tests * k)
     verdicts, reasons = [CLEAN] * k, [""] * k
     p_values, s_tr, s_ho = np.ones(k), np.zeros(k), np.zeros(k)
     n_tr, n_ho, learned = np.bincount(labels, minlength=k), np.bincount(hlabels, minlength=k), np.zeros(k)
@@ -329,24 +349,29 @@ def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *,
             verdicts[c] = INCONCLUSIVE
             reasons[c] = f"class {names[c]}: no held-out sample of this class to compare its training samples with."
             continue
-        lab, hl, z, zh = _split(feats[idx].numpy(), hfeats[hidx].numpy(), n_components, seed + c)
-        share = np.bincount(lab, minlength=2) / len(idx)
-        hshare = np.bincount(hl, minlength=2) / len(hidx)
-        a = int(np.argmax(share - hshare))
-        h, m = int(np.sum(hl == a)), len(hidx)
-        p = binomial_below(h, m, float(share[a]))
-        members = idx[lab == a]
-        p_values[c], s_tr[c], s_ho[c] = p, share[a], hshare[a]
+        m = len(hidx)
+        splits, z, zh = _clusterings(feats[idx].numpy(), hfeats[hidx].numpy(), n_components, max_clusters, seed + c)
+        best = None  # (p, training share, held-out count, members mask)
+        for lab, hl in splits:
+            for a in range(int(lab.max()) + 1):
+                sa, ha = float(np.mean(lab == a)), int(np.sum(hl == a))
+                pa = binomial_below(ha, m, sa)
+                if best is None or pa < best[0]:
+                    best = (pa, sa, ha, lab == a)
+        p, sa, h, mask = best
+        members = idx[mask]
+        p_values[c], s_tr[c], s_ho[c] = p, sa, h / m
         learned[c] = float(np.mean(pred[members] == c)) if len(members) else 0.0
         cluster[members] = True
         scores[members] = min(300.0, -math.log10(max(p, 1e-300)))
-        what = (f"class {names[c]}: a cluster of {share[a]:.0%} of its {len(idx)} training samples holds "
-                f"{h} of its {m} held-out samples ({hshare[a]:.0%}; binomial p {p:.1e}, bar {bar:.1e})")
+        smallest = 1.0 - bar ** (1.0 / m)  # the smallest cluster share that h = 0 would make significant
+        what = (f"class {names[c]}: a cluster of {sa:.0%} of its {len(idx)} training samples holds "
+                f"{h} of its {m} held-out samples ({h / m:.0%}; binomial p {p:.1e}, bar {bar:.1e})")
         if p < bar and learned[c] >= min_learned:
-            refined = idx[_refine(z, zh, lab == a)]
+            refined = idx[_refine(z, zh, mask)]
             cluster[members] = False
-            cluster[refined] = True
             scores[members] = 0.0
+            cluster[refined] = True
             scores[refined] = min(300.0, -math.log10(max(p, 1e-300)))
             verdicts[c] = POISON
             reasons[c] = f"{what}, and the model puts {learned[c]:.0%} of it in the class: a learned cluster " \
@@ -355,13 +380,16 @@ def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *,
             verdicts[c] = UNLEARNED
             reasons[c] = f"{what}, but the model puts only {learned[c]:.0%} of it in the class: label errors or " \
                          f"a poison the model did not learn."
-        elif h == 0 and (1.0 - share[a]) ** m >= bar:
+        elif smallest > min_share:
             verdicts[c] = INCONCLUSIVE
-            reasons[c] = f"{what}; with {m} held-out samples even none in the cluster would not be significant."
+            reasons[c] = (f"class {names[c]}: with {m} held-out samples the test can find only a poison cluster of "
+                          f"at least {smallest:.0%} of the class, not one of {min_share:.0%} (the smallest share "
+                          f"it is asked to find); the most under-filled cluster holds {sa:.0%} of the training "
+                          f"and {h / m:.0%} of the held-out samples (p {p:.1e}).")
         else:
             reasons[c] = f"{what}."
     member = np.isin(labels, [c for c in range(k) if verdicts[c] == POISON])
     return ClusterTestResult(names, verdicts, reasons, p_values, s_tr, s_ho, n_tr, n_ho, learned, bar, cluster,
                              cluster & member, member, scores, layer, time.perf_counter() - t0,
-                             {"alpha": float(alpha), "min_learned": float(min_learned), "n_components": n_components,
-                              "seed": seed})
+                             {"alpha": float(alpha), "min_learned": float(min_learned), "min_share": float(min_share),
+                              "n_components": n_components, "max_clusters": max_clusters, "seed": seed})

@@ -164,7 +164,7 @@ def test_audit_report_joins_poison_and_label_evidence(backdoored):
 
 
 # ---------------------------------------------------------------- the poison check (held-out cluster test)
-def _toy(n_train=400, n_held=100, seed=0):
+def _toy(n_train=800, n_held=400, seed=0):
     """Two classes of 4-d Gaussian features: class a has a natural second mode (30% of it, in training and
     held-out samples alike), which the relative-size rule of activation clustering takes for poison."""
     from workbench.data import ImageDataset
@@ -194,7 +194,7 @@ def test_cluster_test_passes_a_natural_mode_and_its_p_is_the_binomial_tail():
     # the tested cluster's p is the exact binomial tail of its held-out count at its training share
     h = round(r.heldout_share[0] * r.n_heldout[0])
     assert r.p_values[0] == pytest.approx(binom.cdf(h, r.n_heldout[0], r.train_share[0]), rel=1e-12)
-    assert r.bar == pytest.approx(1e-3 / 4)
+    assert r.bar == pytest.approx(1e-3 / (9 * 2))  # nine clusters (k = 2, 3, 4) per class, two classes
 
 
 def test_cluster_test_flags_a_learned_cluster_the_held_out_set_lacks_and_warns_on_an_unlearned_one():
@@ -202,13 +202,13 @@ def test_cluster_test_flags_a_learned_cluster_the_held_out_set_lacks_and_warns_o
     from workbench.models import architecture
 
     tr, ho, f, fh, pred = _toy()
-    f[1:121:2, 2] += 8.0  # 60 samples of class b (half its mode-free samples) in a cluster no held-out b fills
+    f[1:241:2, 2] += 8.0  # 120 samples of class b (30% of it) in a cluster no held-out b fills
     net = architecture("cnn", 1, 2, 8)
     r = cluster_test(net, tr, ho, features=f, heldout_features=fh, predictions=pred)
     assert r.verdicts == ["no evidence", "poison likely"] and r.flagged == [1]
-    assert r.likely_poison[1:121:2].all() and int(r.likely_poison.sum()) == 60
+    assert r.likely_poison[1:241:2].all() and int(r.likely_poison.sum()) == 120
     assert r.in_flagged_class.tolist() == (tr.labels == 1).tolist()
-    pred[1:121:2] = 0  # the model does not put them in class b: label errors, not a learned trigger
+    pred[1:241:2] = 0  # the model does not put them in class b: label errors, not a learned trigger
     r = cluster_test(net, tr, ho, features=f, heldout_features=fh, predictions=pred)
     assert r.verdicts == ["no evidence", "unlearned cluster"] and not r.likely_poison.any()
 
@@ -217,13 +217,17 @@ def test_cluster_test_is_inconclusive_when_too_few_held_out_samples_could_show_i
     from defenses.cluster_test import cluster_test
     from workbench.models import architecture
 
-    tr, ho, f, fh, pred = _toy(n_held=100)
-    f[1:121:2, 2] += 8.0
-    keep = list(range(0, 100, 2)) + [1, 3, 5, 7, 9, 11]  # six held-out samples of class b: 0.85^6 > bar
-    ho6 = ho.subset(keep)
-    r = cluster_test(architecture("cnn", 1, 2, 8), tr, ho6, features=f, heldout_features=fh[keep], predictions=pred)
-    assert r.verdicts[1] == "inconclusive" and "would not be significant" in r.reasons[1]
-    assert r.flagged == []
+    tr, ho, f, fh, pred = _toy()
+    f[1:241:2, 2] += 8.0
+    keep = list(range(0, 400, 2)) + list(range(1, 40, 2))  # 20 held-out samples of class b
+    r = cluster_test(architecture("cnn", 1, 2, 8), tr, ho.subset(keep), features=f, heldout_features=fh[keep],
+                     predictions=pred)
+    # 1 - bar^(1/20) = 39% > min_share 10%: a 30% poison cluster can be neither found nor ruled out
+    assert r.verdicts == ["no evidence", "inconclusive"] and r.flagged == []
+    assert "at least 39% of the class" in r.reasons[1]
+    r = cluster_test(architecture("cnn", 1, 2, 8), tr, ho.subset(keep), features=f, heldout_features=fh[keep],
+                     predictions=pred, min_share=0.4)  # asked only for clusters of 40%: no evidence
+    assert r.verdicts == ["no evidence", "no evidence"]
 
 
 def test_poison_check_flags_the_backdoor_target_and_its_samples(backdoored):
@@ -242,10 +246,16 @@ def test_poison_check_flags_the_backdoor_target_and_its_samples(backdoored):
     assert "class 0: poison likely" in out.failing[0].reason
 
 
-def test_poison_check_passes_the_clean_model(digits_model):
-    """Measured on the fixture's recipe (digits, 4 epochs) over seeds 0-4 × {1, 2} threads: pass in 10 of
-    10, the smallest per-class p 5.4e-3..4.9e-2 against a bar of 5e-5."""
+def test_poison_check_on_digits_is_inconclusive_not_a_pass_and_passes_at_the_share_it_can_see(digits_model):
+    """digits' 20% split holds 36 images per class: the test can find only a cluster of 27% of a class,
+    not the 10% a 1% poison makes, so the clean model's check is inconclusive; asked for 30%, it passes.
+    Measured on the fixture's recipe (digits, 4 epochs) over seeds 0-4 × {1, 2} threads: the smallest
+    per-class p 5.4e-3..4.9e-2 against a bar of 1.1e-5, so 'no evidence' at min_share 0.3 in 10 of 10."""
     rep = audit(digits_model.model, digits_model.train, checks=["poison"], test=digits_model.test)
+    out = rep.outcome("poison")
+    assert out.verdict == "inconclusive" and "at least 27% of the class" in out.conditions[0].reason
+    rep = audit(digits_model.model, digits_model.train, checks=["poison"], config={"poison": {"min_share": 0.3}},
+                test=digits_model.test)
     assert rep.outcome("poison").verdict == "pass"
     assert rep.outcome("poison").result.p_values.min() > 1e-3
 

@@ -59,7 +59,7 @@ def safe_extract(zip_path: str | Path, dest: str | Path) -> Path:
     source = zip_path.name
     try:
         zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise BadInput(f"{source}: not a valid zip archive ({exc})") from None
     with zf:
         infos = zf.infolist()

@@ -682,7 +682,7 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
     _check_npz(path)
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError) as exc:
         raise BadInput(f"cannot read npz file {path}: {exc}") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise BadInput(f"{path} is a single .npy array, expected an .npz with images and labels")
@@ -705,7 +705,7 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
         try:
             images, labels = z[ik], z[lk]
             names = [str(s) for s in z["class_names"].tolist()] if "class_names" in keys else None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # corrupt member data
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as exc:  # corrupt member
             raise BadInput(f"cannot read npz file {path}: {exc}".splitlines()[0]) from None
     ds = _from_arrays(images, labels, f"npz:{path.name}", class_names=names)
     return ds
@@ -729,6 +729,8 @@ def _check_npz(path: Path) -> None:
             for info in members:
                 total += info.file_size
                 limits.check("data_bytes", total, f"{path}: the arrays decompress to a size that")
+                require(not info.flag_bits & 0x1, f"{path}: member {info.filename!r} is encrypted; refused "
+                        "(store the arrays unencrypted)")
                 if not info.filename.endswith(".npy"):
                     continue
                 with zf.open(info) as fh:
@@ -747,8 +749,8 @@ def _check_npz(path: Path) -> None:
     except BadInput:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
-            NotImplementedError) as exc:
-        raise BadInput(f"cannot read npz file {path}: {exc}") from None
+            NotImplementedError, SyntaxError) as exc:  # SyntaxError: a header NumPy cannot parse
+        raise BadInput(f"cannot read npz file {path}: {exc}".splitlines()[0]) from None
 
 
 def load_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> ImageDataset:
@@ -996,7 +998,7 @@ def load_npy_dir(path: str | Path) -> ImageDataset:
         labels = np.load(_require_file(root / NPY_LABELS, "labels file"), mmap_mode="r", allow_pickle=False)
     except BadInput:
         raise
-    except (OSError, ValueError, EOFError) as exc:  # truncated data, object arrays, not an .npy
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:  # truncated data, object arrays, not an .npy
         raise BadInput(f"{name}: cannot read {root}: {exc}".splitlines()[0]) from None
     require(isinstance(images, np.ndarray) and isinstance(labels, np.ndarray),
             f"{name}: {NPY_IMAGES} and {NPY_LABELS} must each hold one array")

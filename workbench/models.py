@@ -637,7 +637,7 @@ def _is_torchscript(path: Path) -> bool:
             return False
         with zipfile.ZipFile(path) as z:
             return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:  # e.g. member names that are not UTF-8
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:  # e.g. member names that are not UTF-8
         raise BadInput(f"cannot read {path}: not a valid zip archive ({exc})") from None
 
 
@@ -652,7 +652,7 @@ def _check_torch_file(path: Path) -> None:
         try:
             with zipfile.ZipFile(path) as zf:
                 total = sum(i.file_size for i in zf.infolist())
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise BadInput(f"cannot read {path}: not a valid zip archive ({exc})") from None
         limits.check("data_bytes", total, f"{path}: the archive's members decompress to a size that")
     elif not head.startswith(b"\x80"):

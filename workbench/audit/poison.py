@@ -16,7 +16,7 @@ a class, which is what the rules used before could not do on data they were not 
 
 Verdicts per class: "poison likely" (fail), "unlearned cluster" (warn: label errors or a poison that
 did not take; the labels check looks at those samples), "inconclusive" (too few held-out samples of
-the class to rule out a cluster of that size; never a pass), "no evidence".
+the class to find a poison cluster of ``min_share`` of it; never a pass), "no evidence".
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class PoisonCheck(Check):
     """Poisoned training samples by the held-out cluster test (check ``poison``).
 
     Needs a model, the training data and a clean held-out set. Parameters: ``alpha`` (family-wise
-    false-alarm rate, 0.001), ``min_learned`` (0.5) and ``n_components`` (10), as in
+    false-alarm rate, 0.001), ``min_learned`` (0.5), ``min_share`` (0.1), ``n_components`` (10) and
+    ``max_clusters`` (4), as in
     :func:`defenses.cluster_test.cluster_test`. Condition ``poisoned classes`` fails when a class is
     "poison likely", is inconclusive when a class cannot be decided, warns on an unlearned cluster.
     Contributes ``poison_score``, ``in_flagged_class`` and ``likely_poison`` to the suspects. The
@@ -53,14 +54,18 @@ class PoisonCheck(Check):
                              1e-12, 0.4),
               "min_learned": Param(0.5, "share of an under-filled cluster the model must predict as its class "
                                         "for 'poison likely'", 0.0, 1.0),
-              "n_components": Param(10, "PCA dimensions before each class's 2-means", 1, 1000, int)}
+              "min_share": Param(0.1, "smallest share of a class a poison cluster is to be found at; a class with too "
+                                      "few held-out samples for it is inconclusive", 0.001, 0.99),
+              "n_components": Param(10, "PCA dimensions before each class's k-means", 1, 1000, int),
+              "max_clusters": Param(4, "k-means for k = 2..this, every cluster tested", 2, 20, int)}
 
     def run(self, ctx, p, progress):
         from defenses.cluster_test import cluster_test
 
         progress(0.2, "held-out cluster test")
         return cluster_test(ctx.model, ctx.train, ctx.clean(), alpha=p["alpha"], min_learned=p["min_learned"],
-                            n_components=p["n_components"], seed=ctx.seed)
+                            min_share=p["min_share"], n_components=p["n_components"],
+                            max_clusters=p["max_clusters"], seed=ctx.seed)
 
     def conditions(self, r, p):
         from defenses.cluster_test import INCONCLUSIVE, UNLEARNED
@@ -92,7 +97,7 @@ class PoisonCheck(Check):
                 for i, n in enumerate(r.class_names)]
         return [Metrics("Poison", {"flagged classes": ", ".join(r.class_names[k] for k in r.flagged) or "none",
                                    "likely poisoned samples": int(r.likely_poison.sum()),
-                                   "per-class bar (alpha / 2K)": f"{r.bar:.1e}", "features": r.layer}),
+                                   "per-test bar": f"{r.bar:.1e}", "features": r.layer}),
                 Table("Per class: the cluster the held-out samples fill least", ["class", "verdict", "training share",
                       "held-out share", "binomial p", "learned as the class", "training samples",
                       "held-out samples"], rows)]

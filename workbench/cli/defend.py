@@ -85,7 +85,7 @@ def _read_indices(path: Path) -> np.ndarray:
         else:
             text = path.read_text().replace(",", " ").split()
             arr = np.array([int(float(t)) for t in text], dtype=np.int64)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, SyntaxError) as exc:
         raise BadInput(f"cannot read poisoned indices from {path}: {exc}") from None
     arr = np.asarray(arr).reshape(-1)
     if arr.dtype == bool:

@@ -69,7 +69,7 @@ def open_npy(path: str | Path, what: str) -> np.ndarray:
     require(path.is_file(), f"{what} file not found: {path}")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
         raise BadInput(f"cannot read {what} file {path} as a .npy array: {exc}") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         with arr:

@@ -64,7 +64,7 @@ def load_pred_probs(path: str | Path, n: int | None = None, num_classes: int | N
         raise BadInput(f"pred_probs file not found: {path}")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
         raise BadInput(f"cannot read pred_probs file {path} as a .npy array: {exc}") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         with arr:

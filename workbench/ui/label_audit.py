@@ -117,7 +117,7 @@ def _run(ds, cfg, loaded, key) -> None:
             return
         try:
             pred_probs = np.load(io.BytesIO(cfg["upload"].getvalue()), allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SyntaxError) as exc:
             st.error(f"Cannot read the upload as a .npy array: {exc}")
             return
     if cfg["source"] == "embeddings" and loaded is None:
