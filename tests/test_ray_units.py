@@ -28,14 +28,23 @@ def ray_local():
         yield temp
 
 
-def _same_rows(rows_a: list[dict], rows_b: list[dict]) -> None:
-    """Metric rows with the same keys and labels, numbers equal to 1e-6 (NaN where the other has NaN)."""
+def _rank_tolerance(n_pix: int, n_img: int) -> float:
+    """How far a mean over ``n_img`` maps of a Spearman ρ over ``n_pix`` pixels may move when float32
+    rounding that differs across batch sizes swaps one pair of near-tied pixels: one adjacent swap moves
+    Σd² by at most 4(n-1)+2, so one map's ρ by at most 6(4n-2)/(n(n²-1)), the mean by that over n_img."""
+    return 6 * (4 * n_pix - 2) / (n_pix * (n_pix**2 - 1)) / n_img
+
+
+def _same_rows(rows_a: list[dict], rows_b: list[dict], rho_tol: float = 1e-6) -> None:
+    """Metric rows with the same keys and labels, numbers equal to 1e-6 (float32 means of the model's
+    outputs), rank correlations (keys with ρ) to ``rho_tol``; NaN where the other has NaN."""
     assert len(rows_a) == len(rows_b)
     for ra, rb in zip(rows_a, rows_b):
         assert ra.keys() == rb.keys()
         for k, v in ra.items():
             if isinstance(v, float):
-                assert (np.isnan(v) and np.isnan(rb[k])) or abs(v - rb[k]) <= 1e-6, (k, ra, rb)
+                tol = rho_tol if "ρ" in k else 1e-6
+                assert (np.isnan(v) and np.isnan(rb[k])) or abs(v - rb[k]) <= tol, (k, ra, rb)
             else:
                 assert v == rb[k]
 
@@ -74,12 +83,15 @@ def test_one_shard_is_the_unsharded_call_and_saliency_does_not_depend_on_shards(
     for key in a.maps:  # per image, so equal whatever the batches (to float rounding across batch sizes)
         assert (a.maps[key] - b.maps[key]).abs().max() <= 1e-6
     assert a.targets == b.targets and a.predictions == b.predictions and a.boxes == b.boxes
-    _same_rows(a.metrics, b.metrics)
+    # ρ over 12 maps of 64 pixels: measured on a 2-core EPYC to move 4.0e-6 across shard counts, which a
+    # 1e-6 tolerance did not allow; one swap of near-tied pixels allows 4.8e-4
+    rho_tol = _rank_tolerance(x.shape[-1] * x.shape[-2], 12)
+    _same_rows(a.metrics, b.metrics, rho_tol)
     assert a.randomization.keys() == b.randomization.keys()
     for m in a.randomization:
         assert a.randomization[m]["randomized"] == b.randomization[m]["randomized"]
         for lay, rho in a.randomization[m]["rho"].items():
-            np.testing.assert_allclose(rho, b.randomization[m]["rho"][lay], atol=1e-6, rtol=0)
+            np.testing.assert_allclose(rho, b.randomization[m]["rho"][lay], atol=rho_tol, rtol=0)
     with pytest.raises(BadInput, match="unknown saliency method 'gradcan'"):
         explain(model, x, ["gradcan"], shards=2)
 
