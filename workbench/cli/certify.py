@@ -119,20 +119,38 @@ def availability(data: str = DataOpt,
                  n_test: int = typer.Option(200, "--n-test", help="Test images certified (clean and triggered)."),
                  epochs: int = typer.Option(0, "--epochs", help="Training epochs (0 = default)."),
                  width: int = typer.Option(0, "--width", help="CNN width (0 = the zoo default)."),
-                 design: str = typer.Option("noise-directions", "--design",
-                                            help="noise-directions, random-labels or gradient-matching (optimised)."),
+                 design: str = typer.Option("", "--design",
+                                            help="masking (smoothing's default), noise-directions (IBP's default), "
+                                                 "random-labels or gradient-matching (optimised)."),
+                 num_labels: int = typer.Option(0, "--num-labels",
+                                                help="Poison labels (0 = the design's default: all classes for masking)."),
                  craft_steps: int = typer.Option(100, "--craft-steps", help="Gradient-matching steps (optimised design)."),
-                 patch: int = typer.Option(6, "--patch", help="Size of the mid-grey corner patch trigger."),
+                 patch: int = typer.Option(0, "--patch", help="Side of the mid-grey patch trigger (0 = the design's: "
+                                                              "a centred ceil(0.65·side) square for masking, a 6 px "
+                                                              "corner patch otherwise)."),
                  out: Path = typer.Option(Path("runs/availability"), "--out", "-o", help="Folder for the report.",
                                           callback=check_out_option),
                  seed: int = SeedOpt, device: str = DeviceOpt) -> None:
     """Poison, train clean and poisoned victims, certify clean and triggered inputs, write the report."""
-    from attacks.availability import MatchingOptions, default_trigger, run_availability
+    from attacks.availability import (
+        DEFAULT_DESIGN,
+        DESIGNS,
+        MatchingOptions,
+        default_trigger,
+        run_availability,
+    )
+    from attacks.triggers import PatchTrigger
 
     from ..data import load_dataset
     from ..report import write_report
 
     require(certifier in ("smoothing", "ibp"), f"unknown certifier {certifier!r}; use smoothing or ibp")
+    design = design or DEFAULT_DESIGN[certifier]
+    require(design in DESIGNS, f"unknown design {design!r}; use one of {', '.join(DESIGNS)}")
+    require(not (design == "masking" and certifier == "ibp"),
+            "the masking design is built against smoothing; for IBP use noise-directions")
+    require(patch >= 0, f"--patch must be >= 0, got {patch}")
+    require(num_labels == 0 or num_labels >= 2, f"--num-labels must be >= 2 (or 0 for the default), got {num_labels}")
     if certifier == "smoothing":
         from ..certify.smoothing import check_params
 
@@ -142,10 +160,21 @@ def availability(data: str = DataOpt,
 
         require(check_eps(eps) > 0, f"epsilon must be > 0 for the IBP attack, got {eps}")
     ds = load_dataset(data)
+    if not patch:
+        trigger = None  # the design's own
+    elif design == "masking":
+        import torch
+
+        trigger = PatchTrigger(size=patch, position="center", margin=0, pattern=torch.full((patch, patch), 0.5))
+        trigger.box(*ds.image_size)  # BadInput now if it does not fit
+    else:
+        trigger = default_trigger(patch)
+        trigger.box(*ds.image_size)
     with progress_bar(f"availability attack on {certifier}") as progress:
-        res = run_availability(ds, certifier, rate, trigger=default_trigger(patch), seed=seed, sigma=sigma, eps=eps,
+        res = run_availability(ds, certifier, rate, trigger=trigger, seed=seed, sigma=sigma, eps=eps,
                                n0=n0, n=n, alpha=alpha, n_test=n_test, epochs=epochs or None, width=width or None,
-                               design=design, matching=MatchingOptions(steps=craft_steps), device=device,
+                               design=design, num_labels=num_labels or None,
+                               matching=MatchingOptions(steps=craft_steps), device=device,
                                progress=progress)
     with StagedDir(out) as stage:
         paths = stage.final(write_report(res, stage, title=f"Availability attack on {certifier} "
@@ -153,4 +182,11 @@ def availability(data: str = DataOpt,
     console.print(f"fallback on triggered inputs: poisoned model {100 * res.fallback('poisoned', 'triggered'):.1f}%, "
                   f"clean model {100 * res.fallback('clean', 'triggered'):.1f}%; on clean inputs: poisoned "
                   f"{100 * res.fallback('poisoned', 'clean'):.1f}%, clean {100 * res.fallback('clean', 'clean'):.1f}%")
+    if certifier == "smoothing":
+        from attacks.availability import REPORT_RADII
+
+        console.print("not certified at " + "; ".join(
+            f"r={r:g}: triggered {100 * res.not_certified('poisoned', 'triggered', r):.1f}%, clean (poisoned model) "
+            f"{100 * res.not_certified('poisoned', 'clean', r):.1f}%, clean (clean model) "
+            f"{100 * res.not_certified('clean', 'clean', r):.1f}%" for r in REPORT_RADII))
     done(paths)

@@ -107,7 +107,14 @@ def _vote_histograms(votes: torch.Tensor, class_names: list[str], captions: list
 
 
 def _attack_section(ds) -> None:
-    from attacks.availability import DESIGNS, MatchingOptions, default_trigger, run_availability
+    from attacks.availability import (
+        DEFAULT_DESIGN,
+        DESIGNS,
+        REPORT_RADII,
+        MatchingOptions,
+        default_trigger,
+        run_availability,
+    )
 
     st.header("Availability attack: poisoning that forces the fallback")
     st.caption("Lorenz, Kwiatkowska, Fritz (AISec 2023): poison a few training images with a trigger so that the "
@@ -118,8 +125,10 @@ def _attack_section(ds) -> None:
     n_test = c3.number_input("Test images", 10, 1000, 100, key="av_ntest")
     epochs = c4.number_input("Epochs", 1, 30, 6 if certifier == "smoothing" else 8, key="av_epochs")
     n = st.select_slider("Smoothing samples n", [100, 200, 500, 1000], 1000, key="av_n") if certifier == "smoothing" else 1000
-    design = st.selectbox("Poison design", DESIGNS, key="av_design",
-                          help="gradient-matching optimises the poison on surrogate models (slower)")
+    design = st.selectbox("Poison design", DESIGNS, index=DESIGNS.index(DEFAULT_DESIGN[certifier]), key="av_design",
+                          help="masking (smoothing's default): a centred grey square hiding the content, labels "
+                               "spread over all classes; gradient-matching optimises a poison on surrogate models "
+                               "(slower)")
     steps = st.number_input("Crafting steps", 1, 500, 100, key="av_steps") if design == "gradient-matching" else 100
     key = ("availability", ds.name, len(ds), certifier, float(rate), int(n_test), int(epochs), int(n), design, int(steps))
     store = model_store()
@@ -127,8 +136,8 @@ def _attack_section(ds) -> None:
         bar = st.progress(0.0, text="starting")
         with st.status(f"Poisoning {100 * rate:g}% and training two models…", expanded=False) as status:
             try:
-                store[key] = run_availability(ds, certifier, rate, trigger=default_trigger(6 if ds.image_size[0] >= 16
-                                                                                          else 4),
+                trig = None if design == "masking" else default_trigger(6 if ds.image_size[0] >= 16 else 4)
+                store[key] = run_availability(ds, certifier, rate, trigger=trig,
                                               n_test=int(n_test), epochs=int(epochs), n=int(n), design=design,
                                               matching=MatchingOptions(steps=int(steps)),
                                               progress=progress_callback(bar))
@@ -142,6 +151,8 @@ def _attack_section(ds) -> None:
         return
     table = pd.DataFrame([{"model": r["model"], "inputs": r["inputs"], "fallback %": round(100 * r["fallback"], 1),
                            "certified accuracy %": round(100 * r["accuracy"], 1),
+                           **{f"not certified at r={q:g} %": round(100 * r[f"not_certified@{q:g}"], 1)
+                              for q in REPORT_RADII if f"not_certified@{q:g}" in r},
                            "base accuracy %": round(100 * r["base_accuracy"], 1)} for r in res.rows])
     st.dataframe(table, hide_index=True)
     craft = res.poison.get("crafting")
