@@ -269,6 +269,8 @@ MODEL_CASES = {
     "card-unknown-arch": (lambda d: _model_dir(_good_weights(), card(arch="vgg"))(d), "the zoo has"),
     "card-width-20000": (lambda d: _model_dir(_good_weights(), card(arch_kwargs={"width": 20000}))(d),
                          "parameter count that is .* over the limit"),
+    "card-width-1e30": (lambda d: _model_dir(_good_weights(), card(arch_kwargs={"width": 10 ** 30}))(d),
+                        "width is 1e\\+30, beyond any buildable size"),
     "card-width-negative": (lambda d: _model_dir(_good_weights(), card(arch_kwargs={"width": -4}))(d),
                             "integer >= 1"),
     "card-width-string": (lambda d: _model_dir(_good_weights(), card(arch_kwargs={"width": "big"}))(d),
@@ -456,3 +458,19 @@ def test_class_names_with_markup_render_as_text(tmp_path, capsys):
     # the certifier page's vote histograms take the same class names (and captions naming them)
     assert _vote_histograms(torch.tensor([[3, 1, 0]]), list(names), ["true $x^$"]).startswith(b"\x89PNG")
     assert plain("$\\alpha$") == "\\$\\alpha\\$"  # printed as typed, not as mathtext's α
+
+
+# ------------------------------------------------------------------ names printed in messages
+@pytest.mark.parametrize("name", ["a\nb.npz", "c\x1b[31mred.npz", "d\r\u202eevil.npz"])
+def test_file_names_with_control_characters_print_on_one_line(name, tmp_path, capsys):
+    """A name with a newline, an ANSI colour code or a bidi override is printed escaped: one line, no
+    raw ESC reaching the terminal."""
+    out = tmp_path / "run"
+    code = main(["-q", "train", "--data", f"npz:{tmp_path / name}", "--epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    _one_line_bad_input(err, "not found")
+    assert "\x1b" not in err and "\r" not in err and "\u202e" not in err
+    from workbench.errors import printable
+
+    assert printable(name) in err and not out.exists()

@@ -7,6 +7,8 @@ line; any other exception is an internal failure (exit code 1).
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class WorkbenchError(Exception):
     """Base class of the workbench's own errors.
@@ -116,3 +118,50 @@ def check_in_range(name: str, value: float, low: float, high: float, *, low_open
         hi = ")" if high_open else "]"
         raise BadInput(f"{name} must be in {lo}{low}, {high}{hi}, got {value}")
     return value
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print on one line of a terminal: control characters escaped.
+
+    User-supplied names (file paths, member names of a zip, class names) end up in messages; a name
+    holding a newline would break the CLI's one-line rule and one holding ESC could recolour or
+    rewrite the user's terminal. Newlines, tabs, ESC, other C0/C1 controls, and Unicode line/paragraph
+    separators and format characters (bidi overrides) become escapes (``\\n``, ``\\x1b``,
+    ``\\u202e``); everything else, including non-ASCII letters, is kept. A lone surrogate (a file
+    name that is not UTF-8) becomes ``\\udcff``.
+
+    Parameters
+    ----------
+    text : object
+        The text (anything: ``str()`` of it is taken).
+
+    Returns
+    -------
+    str
+        The text with every unprintable character escaped; unchanged when it had none.
+
+    Examples
+    --------
+    >>> printable("runs/a\\nb\\x1b[31m.png")
+    'runs/a\\\\nb\\\\x1b[31m.png'
+    >>> printable("données/été.png")
+    'données/été.png'
+    """
+    s = str(text)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        elif ch in "\n\r\t":
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
+        else:
+            code = ord(ch)
+            cat = unicodedata.category(ch)
+            if cat in ("Zs",):  # other spaces: printable enough
+                out.append(ch)
+            else:
+                out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                           else f"\\U{code:08x}")
+    return "".join(out)

@@ -263,14 +263,16 @@ def check_arch_kwargs(arch: str, in_channels: int, num_classes: int, kwargs: dic
             f"it takes: {', '.join(accepted) or 'none'}")
     for key, value in kwargs.items():
         require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"model option {key} must be an integer >= 1, got {value!r}")
+                f"model option {key} must be an integer >= 1, got {value!r}"[:200])
+        require(value < 2 ** 31, f"model option {key} is {value:.3g}, beyond any buildable size (below 2**31)")
     limits.check("classes", num_classes, f"model {arch!r}: the number of classes")
     if all(isinstance(params[k].default, int) and v <= params[k].default for k, v in kwargs.items()):
         return  # no larger than the zoo's defaults, which are small whatever the number of classes
     try:
         with torch.device("meta"):
             shell = ctor(in_channels=in_channels, num_classes=num_classes, **kwargs)
-    except (RuntimeError, ValueError, OverflowError) as exc:  # sizes beyond what a tensor can describe
-        raise BadInput(f"model {arch!r} with {kwargs} cannot be built: {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, ValueError, OverflowError, TypeError) as exc:  # sizes beyond what a tensor can describe
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BadInput(f"model {arch!r} with {kwargs} cannot be built: {first}") from None
     limits.check("model_parameters", sum(p.numel() for p in shell.parameters()),
                  f"model {arch!r} with {kwargs or 'default options'} would have a parameter count that")

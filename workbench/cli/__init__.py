@@ -17,7 +17,7 @@ try:
 except ImportError:  # older Typer runs on the click package
     import click
 
-from ..errors import BadInput
+from ..errors import BadInput, printable
 from .base import STATE, app
 
 # Command modules register themselves on import (one module per capability).
@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         exc.show(file=sys.stderr)
         code = EXIT_BAD_INPUT
     except (BadInput, FileNotFoundError) as exc:
-        print(f"workbench: error: {exc}", file=sys.stderr)
+        print(f"workbench: error: {printable(exc)}", file=sys.stderr)  # one line, whatever names it holds
         if debug or STATE.debug:
             raise
         code = EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into exit code 1
-        print(f"workbench: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+        print(f"workbench: internal error: {type(exc).__name__}: {printable(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         if debug or STATE.debug:
             raise

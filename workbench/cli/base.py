@@ -10,10 +10,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..atomic import check_out_dir
-from ..errors import BadInput, check_in_range
+from ..errors import BadInput, check_in_range, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Interpretability and robustness workbench for PyTorch image models.")
@@ -156,7 +157,7 @@ def echo_json(obj) -> None:
 
 def done(paths: dict[str, Path]) -> None:
     for kind, p in paths.items():
-        console.print(f"[green]wrote[/green] {kind}: {p}")
+        console.print(f"[green]wrote[/green] {kind}: ", escape(printable(p)), sep="")
 
 
 def open_model(spec: str, data=None, *, weights: Path | None = None, trust_code: bool = False,
