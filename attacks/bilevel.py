@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.adapter import model_mode
 from workbench.contrastive import (
     Augment,
     SimCLRTrainer,
@@ -186,15 +187,13 @@ def poison_unlabelled(train: ImageDataset, trigger: Trigger, rate: float, target
         When the target class has too few images, or the rate or target is out of range.
     """
     if isinstance(trigger, LearnedTrigger):
-        with torch.no_grad():
-            was = trigger.generator.training
-            trigger.generator.eval()
+        with torch.no_grad(), model_mode(trigger.generator):
             dev = next(trigger.generator.parameters()).device
             trigger.generator.cpu()
             try:
                 return poison_dataset(train, trigger, rate, target, mode="clean", seed=seed)
             finally:
-                trigger.generator.to(dev).train(was)
+                trigger.generator.to(dev)
     return poison_dataset(train, trigger, rate, target, mode="clean", seed=seed)
 
 

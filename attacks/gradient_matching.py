@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from workbench.adapter import model_mode
 from workbench.errors import check_in_range, require
 from workbench.training import Progress, resolve_device
 
@@ -120,12 +121,10 @@ def adversarial_gradient(model: nn.Module, adversarial_loss: AdversarialLoss,
     BadInput
         When the surrogate has no trainable parameters.
     """
-    was = model.training
-    model.eval()
-    params = _params(model)
-    loss = adversarial_loss(model, gen)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    model.train(was)
+    with model_mode(model):
+        params = _params(model)
+        loss = adversarial_loss(model, gen)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
     return grads, torch.sqrt(sum((g * g).sum() for g in grads))
 

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.adapter import as_model, model_device
+from workbench.adapter import as_model, model_device, model_mode
 from workbench.data import ImageDataset, as_dataset
 from workbench.errors import check_in_range, require
 
@@ -463,12 +463,10 @@ def neural_cleanse(model: nn.Module, clean: ImageDataset, *, n_images: int = 300
     require(k >= 3, f"Neural Cleanse needs at least 3 classes for the median test, got {k}")
     sub = clean.sample(min(n_images, len(clean)), seed=seed) if len(clean) > n_images else clean
     images = sub.images.float()
-    was_training = model.training
-    model.eval()
     t0 = time.perf_counter()
     found: dict[str, list[ReversedTrigger]] = {f: [] for f in families}
     todo = list(range(k)) if classes is None else list(classes)
-    try:
+    with model_mode(model):
         for i, t in enumerate(todo):
             for fam in families:
                 found[fam].append(reverse_trigger(model, images, t, steps=steps, batch_size=batch_size, lr=lr,
@@ -477,8 +475,6 @@ def neural_cleanse(model: nn.Module, clean: ImageDataset, *, n_images: int = 300
             if progress is not None:
                 sizes = ", ".join(f"{fam} {found[fam][-1].size:.3g}" for fam in families)
                 progress((i + 1) / len(todo), f"class {clean.class_names[t]}: {sizes}")
-    finally:
-        model.train(was_training)
     family_index, detectable, inconclusive = {}, {}, []
     for fam in families:
         sizes = np.array([tr.size for tr in found[fam]])

@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.text_trigger import TextTriggerSpec, backdoor_rate
+from workbench.adapter import model_mode
 from workbench.diffusion import (
     NEUTRAL_WORDS,
     TextToImage,
@@ -816,19 +817,17 @@ def trigger_attention_mass(model: TextToImage, trigger: str, prompts: Sequence[s
     store = install_attention_capture(model.unet, detach=True)
     gen = torch.Generator().manual_seed(seed)
     c, s = model.config.channels, model.config.image_size
-    was = model.unet.training
-    model.unet.eval()
     try:
-        emb = model.encode(ids)
-        masses = []
-        for t in timesteps:
-            x = torch.randn((len(ids), c, s, s), generator=gen).to(model.device)
-            store.clear()
-            model.unet(x, torch.full((len(ids),), int(t), device=model.device), encoder_hidden_states=emb)
-            masses.append(store.token_mass(mask).mean())
+        with model_mode(model.unet):
+            emb = model.encode(ids)
+            masses = []
+            for t in timesteps:
+                x = torch.randn((len(ids), c, s, s), generator=gen).to(model.device)
+                store.clear()
+                model.unet(x, torch.full((len(ids),), int(t), device=model.device), encoder_hidden_states=emb)
+                masses.append(store.token_mass(mask).mean())
     finally:
         remove_attention_capture(model.unet, store)
-        model.unet.train(was)
     return float(torch.stack(masses).mean())
 
 
@@ -869,24 +868,22 @@ def token_attention_maps(model: TextToImage, prompt: str, image: torch.Tensor | 
     x0 = image[None].to(model.device) * 2 - 1
     s = model.config.image_size
     store = install_attention_capture(model.unet, detach=True)
-    was = model.unet.training
-    model.unet.eval()
     acc = torch.zeros(ids.shape[1], s, s)
     try:
-        emb = model.encode(ids)
-        for t in timesteps:
-            noise = torch.randn(x0.shape, generator=gen).to(model.device)
-            tt = torch.tensor([int(t)], device=model.device)
-            xt = sched.add_noise(x0, noise, tt)
-            store.clear()
-            model.unet(xt, tt, encoder_hidden_states=emb)
-            for a in store.maps.values():
-                side = int(round(a.shape[1] ** 0.5))
-                m = a[0].T.reshape(-1, 1, side, side).float().cpu()
-                acc += F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+        with model_mode(model.unet):
+            emb = model.encode(ids)
+            for t in timesteps:
+                noise = torch.randn(x0.shape, generator=gen).to(model.device)
+                tt = torch.tensor([int(t)], device=model.device)
+                xt = sched.add_noise(x0, noise, tt)
+                store.clear()
+                model.unet(xt, tt, encoder_hidden_states=emb)
+                for a in store.maps.values():
+                    side = int(round(a.shape[1] ** 0.5))
+                    m = a[0].T.reshape(-1, 1, side, side).float().cpu()
+                    acc += F.interpolate(m, size=(s, s), mode="bilinear", align_corners=False)[:, 0]
     finally:
         remove_attention_capture(model.unet, store)
-        model.unet.train(was)
     maps = acc[:n]
     return tokens[:n], maps / maps.amax().clamp_min(1e-12)
 

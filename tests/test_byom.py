@@ -12,7 +12,7 @@ import torch
 from byom import build_zoo, tinted_digits
 from torch import nn
 
-from workbench.adapter import as_model, logits_of
+from workbench.adapter import as_model, logits_of, model_mode, num_classes_of
 from workbench.cli import main
 from workbench.data import ImageDataset, as_dataset, held_out, load_dataset, train_test_split
 from workbench.errors import BadInput
@@ -76,6 +76,61 @@ def test_layer_names_are_the_users_own_and_modes_are_not_flipped():
     assert not net.training and not adapter.training  # probing never leaves the user's model in train mode
     with pytest.raises(BadInput, match="unknown layer 'inner.1'"):
         GradCAM(adapter, "inner.1")
+
+
+def _frozen_bn_net() -> nn.Module:
+    """A model in train mode whose BatchNorm the user froze (eval): fine-tuning with frozen statistics."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(2 * 4 * 4, 3)).train()
+    net[1].eval()
+    return net
+
+
+def _flags(net: nn.Module) -> list[bool]:
+    return [m.training for m in net.modules()]
+
+
+def test_model_mode_restores_each_modules_own_flag():
+    net = _frozen_bn_net()
+    want = [True, True, False, True, True, True]
+    assert _flags(net) == want
+    with model_mode(net) as m:
+        assert m is net and _flags(net) == [False] * 6
+    assert _flags(net) == want  # the frozen BatchNorm is still eval, the rest still train
+    with model_mode(net, train=True):
+        assert _flags(net) == [True] * 6
+    assert _flags(net) == want
+    with pytest.raises(RuntimeError, match="boom"), model_mode(net):
+        raise RuntimeError("boom")
+    assert _flags(net) == want  # restored when the block raises
+    with pytest.raises(BadInput, match="needs an nn.Module"), model_mode(lambda x: x):
+        pass
+
+
+def test_library_entry_points_keep_a_frozen_batchnorm_frozen():
+    from workbench.certify.smoothing import sample_counts
+    from workbench.hooks import layer_outputs
+    from workbench.saliency.base import eval_mode
+    from workbench.training import predict_logits
+
+    net = _frozen_bn_net()
+    want = _flags(net)
+    stats = (net[1].running_mean.clone(), net[1].running_var.clone())
+    x = torch.rand(6, 1, 4, 4)
+    predict_logits(net, x, batch_size=4)
+    layer_outputs(net, x, "1", batch_size=4)
+    sample_counts(net, x, 3, 0.25, batch_size=5)
+    assert num_classes_of(net, (1, 4, 4)) == 3
+    with eval_mode(net):
+        pass
+    GradCAM(net, "0").attribute(x)
+    assert _flags(net) == want
+    # The old save-and-restore (model.train(was)) set the BatchNorm back to train; a later forward would
+    # then have moved its running statistics. With its flag kept, they stay put.
+    with torch.no_grad():
+        net(x)
+    assert torch.equal(net[1].running_mean, stats[0]) and torch.equal(net[1].running_var, stats[1])
 
 
 # ---------------------------------------------------------------- layers of real architectures

@@ -436,6 +436,39 @@ def test_cli_labels_only_and_wrong_channel_model(tmp_path, digits):
     assert not (tmp_path / "emb" / "report.json").exists()
 
 
+def test_cli_audit_labels_output_is_staged(tmp_path, monkeypatch):
+    """A run that fails while writing leaves the previous audit folder exactly as it was, with no
+    half-written files and no staging folder; a run that succeeds replaces the files together."""
+    from workbench.cli import main
+    from workbench.labels.audit import LabelAudit
+
+    out = tmp_path / "audit"
+    runs = []
+    for seed in (4, 5):
+        pp, y = _dirichlet_probs(300, 5, seed=seed)
+        np.save(tmp_path / f"y{seed}.npy", y.astype(np.int64))
+        np.save(tmp_path / f"pp{seed}.npy", pp)
+        runs.append(["-q", "audit", "labels", "--labels", str(tmp_path / f"y{seed}.npy"), "--pred-probs",
+                     str(tmp_path / f"pp{seed}.npy"), "--out", str(out)])
+    assert main(runs[0]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"report.json", "report.html", "review.csv"} <= set(before)
+
+    def broken(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(LabelAudit, "review_template", broken)
+    assert main(runs[1]) == 1  # the report was written (into the stage) before the review sheet failed
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.undo()
+    assert main(runs[1]) == 0
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(after) == set(before) and after["report.json"] != before["report.json"]
+    assert json.loads(after["report.json"])["result"]["num_flagged"] == L.audit_labels(
+        np.load(tmp_path / "y5.npy"), np.load(tmp_path / "pp5.npy")).num_flagged
+
+
 def test_csv_cells_cannot_become_formulas_and_n_jobs_is_checked(tmp_path, digits):
     import csv
     import io

@@ -15,7 +15,8 @@ every library entry point calls on the model it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,6 +24,53 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BadInput, require
+
+
+@contextmanager
+def model_mode(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
+    """Put ``model`` in train or eval mode for a block, then give every module back its own flag.
+
+    Saving only the top module's flag (``was = m.training ... m.train(was)``) flips, on restore, any
+    submodule the user had set otherwise: a BatchNorm frozen in eval inside a model in train mode comes
+    back in train mode and updates its running statistics. Here each module's own ``.training`` is
+    recorded on entry and set back on exit, also when the block raises.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (a :class:`ModelAdapter` or any module; all of its submodules are recorded).
+    train : bool, default False
+        The mode inside the block: ``model.train(train)``.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager of nn.Module
+        Yields ``model``, in the requested mode inside the block.
+
+    Raises
+    ------
+    BadInput
+        If ``model`` is not an ``nn.Module``.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)).train()
+    >>> _ = net[1].eval()  # a frozen BatchNorm inside a model in train mode
+    >>> with model_mode(net) as m:
+    ...     print(m.training, m[1].training)
+    False False
+    >>> net.training, net[0].training, net[1].training
+    (True, True, False)
+    """
+    require(isinstance(model, nn.Module), f"model_mode needs an nn.Module, got {type(model).__name__}")
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.train(train)
+        yield model
+    finally:
+        for m, f in flags:
+            m.training = f
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -218,8 +266,8 @@ class ModelAdapter(nn.Module):
         self.normalize = Normalize(mean, std) if mean is not None else None
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         self.hooks_error = hooks_error
-        # The adapter's own mode follows the wrapped module's, so that saving and restoring a mode
-        # (``was_training = m.training ... m.train(was_training)``) never flips the user's module.
+        # The adapter's own mode follows the wrapped module's, so that the adapter reports the mode
+        # the user's module is in (:func:`model_mode` restores each module's own flag).
         self.training = bool(self.inner.training) if self.inner is not None else False
         for m in (self.resize, self.normalize):
             if m is not None:
@@ -452,16 +500,11 @@ def num_classes_of(model, input_shape: tuple[int, ...]) -> int:
     7
     """
     m = as_model(model)
-    flags = [(mod, mod.training) for mod in m.modules()]
     try:
-        m.eval()
-        with torch.no_grad():
+        with model_mode(m), torch.no_grad():
             return int(m(torch.zeros(1, *input_shape, device=model_device(m))).shape[1])
     except BadInput:
         raise
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(f"the model cannot take images of shape {tuple(input_shape)}: {first}") from None
-    finally:
-        for mod, f in flags:
-            mod.training = f

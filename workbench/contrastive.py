@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapter import model_mode
 from .data import ImageDataset
 from .errors import check_in_range, require
 from .hooks import capture_layers, default_feature_layer
@@ -240,11 +241,8 @@ def encoder_dim(encoder: nn.Module, input_shape: tuple[int, int, int]) -> int:
     32
     """
     dev = model_device(encoder)
-    was = encoder.training
-    encoder.eval()
-    with torch.no_grad():
+    with model_mode(encoder), torch.no_grad():
         d = int(encoder(torch.zeros(2, *input_shape, device=dev)).shape[1])
-    encoder.train(was)
     return d
 
 
@@ -568,10 +566,8 @@ def encode(encoder: nn.Module, images: ImageDataset | torch.Tensor, batch_size: 
     """
     x = images.images if isinstance(images, ImageDataset) else images
     dev = model_device(encoder)
-    was = encoder.training
-    encoder.eval()
-    out = [encoder(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
-    encoder.train(was)
+    with model_mode(encoder):
+        out = [encoder(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out)
 
 

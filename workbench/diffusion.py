@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapter import model_mode
 from .atomic import atomic_write, atomic_write_text
 from .data import ImageDataset, load_dataset
 from .errors import BadInput, check_in_range, require
@@ -774,13 +775,10 @@ def sample(model: TextToImage, prompts: Sequence[str], *, steps: int = 25, guida
         model.to(resolve_device(device))
     dev = model.device
     base = model.noise_scheduler()
-    flags = (model.unet.training, model.text_encoder.training)
-    model.unet.eval()
-    model.text_encoder.eval()
     gen = torch.Generator().manual_seed(seed)
     c, s = model.config.channels, model.config.image_size
     outs, traj = [], []
-    try:
+    with model_mode(model.unet), model_mode(model.text_encoder):
         for b in range(0, len(prompts), batch_size):
             bids = ids[b:b + batch_size]
             n = len(bids)
@@ -807,9 +805,6 @@ def sample(model: TextToImage, prompts: Sequence[str], *, steps: int = 25, guida
                 else:
                     x = sch.step(eps, t, x, eta=0.0).prev_sample
             outs.append(((x.clamp(-1, 1) + 1) / 2).cpu())
-    finally:
-        model.unet.train(flags[0])
-        model.text_encoder.train(flags[1])
     images = torch.cat(outs)
     return (images, traj) if return_trajectory else images
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adapter import model_device
+from .adapter import model_device, model_mode
 from .errors import BadInput, require
 from .layers import default_feature_layer, first_tensor, get_layer, layer_name_of, split_feature_layer
 
@@ -210,11 +210,9 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, layer: str | nn.Module
         layer, as_input = split_feature_layer(layer)
         inputs = inputs or as_input
     dev = model_device(model)
-    was_training = model.training
-    model.eval()
     out = None
     n = len(images)
-    try:
+    with model_mode(model):
         with capture_layers(model, layer, keep_inputs=inputs, detach=True) as cap:
             name = next(iter(resolve_layers(model, layer)))[0]
             store = cap.inputs if inputs else cap.activations
@@ -227,6 +225,4 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, layer: str | nn.Module
                 out[i:i + len(a)] = a
                 del a
                 store.clear()
-    finally:
-        model.train(was_training)
     return out if out is not None else torch.empty(0)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .adapter import model_mode
 from .errors import BadInput, require
 
 #: Feature-layer suffix meaning "the layer's input" (e.g. ``"classifier:input"``).
@@ -329,15 +330,12 @@ def _every_layer_hooked(root: nn.Module, hook):
     put it in eval mode; on exit the hooks are removed and each module's train/eval flag restored."""
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n))
                for n, m in root.named_modules() if n]
-    flags = [(m, m.training) for m in root.modules()]
     try:
-        root.eval()
-        yield
+        with model_mode(root):
+            yield
     finally:
         for h in handles:
             h.remove()
-        for m, f in flags:
-            m.training = f
 
 
 def describe_layers(model, input_shape: tuple[int, ...]) -> list[LayerInfo]:

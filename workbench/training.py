@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapter import as_model, model_device
+from .adapter import as_model, model_device, model_mode
 from .data import ImageDataset, as_dataset, fingerprint, train_test_split
 from .errors import BadInput, require
 from .models import ModelCard, architecture
@@ -423,10 +423,8 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     """
     model = as_model(model)
     dev = resolve_device(device) if device is not None else model_device(model)
-    was_training = model.training
-    model.eval()
-    out = [model(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)]
-    model.train(was_training)
+    with model_mode(model):
+        out = [model(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapter import ModelAdapter, Normalize, Resize, as_model, model_device
+from ..adapter import ModelAdapter, Normalize, Resize, as_model, model_device, model_mode
 from ..errors import BadInput, require
 from ..layers import layer_root
 from ..models import BasicBlock, SmallCNN, SmallResNet
@@ -534,20 +534,15 @@ def certify(model: nn.Module, images: torch.Tensor, eps: float | list[float], *,
     layer_plan(model)  # unsupported layers fail before any work
     check_inputs(images, input_range)
     dev = resolve_device(device) if device is not None else model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model):
         check_batch_independent(model)
-    except BadInput:
-        model.train(was_training)
-        raise
     t0 = time.perf_counter()
     n = images.shape[0]
     base = torch.empty(n, dtype=torch.long)
     radius = torch.zeros(n)
     ok_any = torch.zeros(n, dtype=torch.bool)
     min_margin = torch.empty(n, len(grid))
-    try:
+    with model_mode(model):
         for start in range(0, n, batch_size):
             x = images[start:start + batch_size].to(dev)
             for gi, e in enumerate(grid):
@@ -561,8 +556,6 @@ def certify(model: nn.Module, images: torch.Tensor, eps: float | list[float], *,
                     ok_any[start:start + len(x)] = cert
             if progress is not None:
                 progress(min(1.0, (start + len(x)) / n), f"{min(n, start + len(x))}/{n} inputs")
-    finally:
-        model.train(was_training)
     pred = torch.where(ok_any, base, torch.full_like(base, ABSTAIN))
     return CertificationResult("ibp", "linf", pred, radius, None if labels is None else labels.cpu(), base,
                                {"eps": grid[0] if len(grid) == 1 else grid},

@@ -31,7 +31,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from ..adapter import ModelAdapter, as_model, logits_of, model_device
+from ..adapter import ModelAdapter, as_model, logits_of, model_device, model_mode
 from ..errors import check_in_range, require
 from ..shards import resolve_images, resolve_model, run_shards, shard_seed
 from ..training import resolve_device
@@ -124,19 +124,16 @@ def inference_copy(model: nn.Module, probe: torch.Tensor | None = None) -> tuple
             return model, False
         fused = model.with_inner(inner)
         return (fused, True) if probe is None or _agrees(model, fused, probe) else (model, False)
-    was_training = model.training
     try:
         from torch.fx.experimental.optimization import fuse
 
-        model.eval()
-        fused = fuse(model).eval().to(memory_format=torch.channels_last)
-        if probe is not None and not _agrees(model, fused, probe):
-            return model, False
+        with model_mode(model):
+            fused = fuse(model).eval().to(memory_format=torch.channels_last)
+            if probe is not None and not _agrees(model, fused, probe):
+                return model, False
         return fused, True
     except Exception:  # noqa: BLE001 - untraceable or misbehaving copies: the model runs as it is
         return model, False
-    finally:
-        model.train(was_training)
 
 
 def _agrees(model, fused, probe: torch.Tensor) -> bool:
@@ -218,15 +215,13 @@ def sample_counts(model: nn.Module, images: torch.Tensor, num: int, sigma: float
             f"images must be a non-empty N×C×H×W batch, got shape {tuple(images.shape)}")
     dev = resolve_device(device) if device is not None else model_device(model)
     gen = generator if generator is not None else torch.Generator(device=dev).manual_seed(0)
-    was_training = model.training
-    model.eval()
     x_all = images.to(dev)
     n_inputs = x_all.shape[0]
     total = n_inputs * num
     k = num_classes
     counts = None
     lo, hi = progress_span
-    try:
+    with model_mode(model):
         for start in range(0, total, batch_size):
             rows = torch.arange(start, min(start + batch_size, total), device=dev)
             owner = rows // num
@@ -243,8 +238,6 @@ def sample_counts(model: nn.Module, images: torch.Tensor, num: int, sigma: float
             if progress is not None:
                 progress(lo + (hi - lo) * min(start + batch_size, total) / total,
                          f"{min(start + batch_size, total) // num}/{n_inputs} inputs")
-    finally:
-        model.train(was_training)
     return counts.view(n_inputs, k).cpu()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import StagedDir, atomic_write, atomic_write_text
 from ..data import load_dataset
 from ..errors import BadInput, require
 from ..labels import (
@@ -31,6 +31,7 @@ from .base import (
     RayAddressOpt,
     SeedOpt,
     audit_app,
+    check_out_option,
     console,
     done,
     num_gpus_option,
@@ -84,7 +85,8 @@ def labels_cmd(
     outliers: Path | None = typer.Option(None, "--outliers",
                                          help="Saved model whose penultimate features are used for outlier and "
                                               "near-duplicate detection."),
-    out: Path = typer.Option(Path("runs/label-audit"), "--out", "-o", help="Folder for the report."),
+    out: Path = typer.Option(Path("runs/label-audit"), "--out", "-o", help="Folder for the report.",
+                             callback=check_out_option),
     fail_above: float | None = typer.Option(None, "--fail-above",
                                             help="Exit with code 3 when the estimated error rate exceeds RATE "
                                                  "(a fraction, e.g. 0.02)."),
@@ -113,7 +115,7 @@ def labels_cmd(
             audit = audit_labels(labels, pred_probs, class_names=names, filter_by=filter_by, rank_by=rank_by,
                                  n_jobs=n_jobs, batched=batched, batch_size=batch_size, ray_address=ray_address,
                                  progress=progress)
-        paths = write_report(audit, out, title=f"Label audit: {labels.name}")
+        title = f"Label audit: {labels.name}"
     else:
         require(class_names is None, "--class-names is for --labels; a dataset names its own classes")
         ds = load_dataset(data or "mnist10k")
@@ -128,9 +130,13 @@ def labels_cmd(
                                  embeddings=emb, n_jobs=n_jobs, batched=batched, batch_size=batch_size, seed=seed,
                                  device=device, ray_address=ray_address, threads=threads, num_gpus=num_gpus,
                                  progress=progress)
-        paths = write_report(audit, out, title=f"Label audit: {ds.name}")
-        paths["pred_probs"] = atomic_write(out / "pred_probs.npy", lambda p: _save_npy(p, audit.pred_probs))
-    paths["review"] = atomic_write_text(out / "review.csv", audit.review_template())
+        title = f"Label audit: {ds.name}"
+    with StagedDir(out) as stage:  # report, probabilities and review sheet replace the folder as one unit
+        paths = write_report(audit, stage, title=title)
+        if labels is None:
+            paths["pred_probs"] = atomic_write(stage / "pred_probs.npy", lambda p: _save_npy(p, audit.pred_probs))
+        paths["review"] = atomic_write_text(stage / "review.csv", audit.review_template())
+        paths = stage.final(paths)
     console.print(f"out-of-sample accuracy [bold]{100 * audit.out_of_sample_accuracy:.2f}%[/bold]; "
                   f"estimated label errors [bold]{audit.estimated_errors}[/bold] "
                   f"({100 * audit.estimated_error_rate:.2f}%, {audit.estimate_method}); "

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapter import model_mode
 from ..data import ImageDataset
 from ..errors import BadInput, require
 from ..models import build_model
@@ -117,10 +118,8 @@ def model_features(model: nn.Module, ds: ImageDataset, layer: str | None = None,
     from ..models import model_device
 
     probe = ds.images[:2].to(model_device(model))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with model_mode(model), torch.no_grad():
             model(probe)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = _first_layer(model)
@@ -134,8 +133,6 @@ def model_features(model: nn.Module, ds: ImageDataset, layer: str | None = None,
             want = "other inputs"
         raise BadInput(f"the model cannot take this data's {c}×{h}×{w} images: it expects {want} "
                        f"[{type(exc).__name__}: {str(exc).splitlines()[0][:160]}]") from None
-    finally:
-        model.train(was_training)
     return layer_outputs(model, ds.images, layer, batch_size=batch_size)
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from captum.attr import GradientAttribution, LayerAttribution
 from torch import nn
 
-from ..adapter import as_model, model_device
+from ..adapter import as_model, model_device, model_mode
 from ..errors import BadInput, require
 from ..hooks import capture_layers, resolve_layers
 from ..layers import default_cam_layer, describe_layers, get_layer, spatial_layout
@@ -98,13 +98,8 @@ def eval_mode(model: nn.Module):
     >>> net.training
     True
     """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with model_mode(model):
         yield model
-    finally:
-        for m, f in flags:
-            m.training = f
 
 
 def spatial_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
