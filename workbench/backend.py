@@ -94,6 +94,9 @@ class UnitFailed(RuntimeError):
     A UnitFailed (a ``RuntimeError``).
     """
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
 
 class _WorkerTraceback(Exception):
     def __str__(self) -> str:

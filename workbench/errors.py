@@ -15,13 +15,16 @@ class WorkbenchError(Exception):
 
     Parameters
     ----------
-    *args
+    *args : object
         As for ``Exception``: usually one message string.
 
     Returns
     -------
     A WorkbenchError (an ``Exception``).
     """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
 
 
 class BadInput(WorkbenchError, ValueError):
@@ -44,6 +47,9 @@ class BadInput(WorkbenchError, ValueError):
     >>> isinstance(BadInput("k must be >= 1"), ValueError)
     True
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 def require(condition: bool, message: str) -> None:
