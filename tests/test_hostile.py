@@ -474,3 +474,12 @@ def test_file_names_with_control_characters_print_on_one_line(name, tmp_path, ca
     from workbench.errors import printable
 
     assert printable(name) in err and not out.exists()
+
+
+def test_data_convert_to_an_empty_name_is_refused_and_leaves_the_current_folder(tmp_path, capsys, monkeypatch):
+    """``data convert digits ""``: typer turns "" into Path("") == ".", which convert would swap out."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["-q", "data", "convert", "digits", ""]) == 2
+    _one_line_bad_input(capsys.readouterr().err.strip(), "OUT_DIR is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
