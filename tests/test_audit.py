@@ -117,8 +117,9 @@ def test_backdoor_scan_finds_a_planted_trigger_of_known_size(digits_model):
     """A trained backdoor's trigger on 8×8 digits is not a fixed size: over seeds 0-4 × {1, 2} threads a
     2×2 BadNets (10%, 4 epochs) was flagged in 3 of 5 seeds (target anomaly index 1.1-2.5; in CI the
     target's mask was 5.7 against 11.3). A planted trigger has a known size. Measured over seeds 0-4
-    × {1, 2} threads (80 passes): the target's mask L1 3.1-3.3, ≤ 0.5 × every other class's,
-    anomaly index 2.3-3.4 and the largest; other classes' natural triggers reach anomaly index 2.2."""
+    at one thread (80 passes; the two-thread run did not finish in the session): the target's mask L1
+    3.07-3.23, ≤ 0.50 × every other class's, anomaly index 2.16-3.42 and the largest; another class's
+    natural trigger reached anomaly index 2.23 (seed 3), so the test does not ask for the target alone."""
     from defenses.neural_cleanse import neural_cleanse
 
     res = neural_cleanse(_Planted(digits_model.model.eval()), digits_model.test, n_images=100, steps=80, seed=0)
