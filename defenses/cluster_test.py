@@ -304,7 +304,7 @@ def cluster_test(model: nn.Module, data: ImageDataset, heldout: ImageDataset, *,
     >>> f[:120:2] += 8.0  # 60 samples of class a in a cluster of their own
     >>> r = cluster_test(architecture("cnn", 1, 2, 8), tr, ho, features=f, heldout_features=fh, predictions=y)
     >>> r.verdicts, int(r.likely_poison[:120:2].sum()), int(r.likely_poison.sum())
-    (['poison likely', 'no evidence'], 60, 60)
+    (['poison likely', 'inconclusive'], 60, 60)
     """
     from defenses.detectors import _features, _given_features
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -682,7 +683,7 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
     _check_npz(path)
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, SyntaxError, tokenize.TokenError) as exc:
         raise BadInput(f"cannot read npz file {path}: {exc}") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise BadInput(f"{path} is a single .npy array, expected an .npz with images and labels")
@@ -705,7 +706,7 @@ def load_npz(path: str | Path, images_key: str | None = None, labels_key: str | 
         try:
             images, labels = z[ik], z[lk]
             names = [str(s) for s in z["class_names"].tolist()] if "class_names" in keys else None
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError) as exc:  # corrupt member
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, tokenize.TokenError) as exc:  # corrupt
             raise BadInput(f"cannot read npz file {path}: {exc}".splitlines()[0]) from None
     ds = _from_arrays(images, labels, f"npz:{path.name}", class_names=names)
     return ds
@@ -749,7 +750,7 @@ def _check_npz(path: Path) -> None:
     except BadInput:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error,
-            NotImplementedError, SyntaxError) as exc:  # SyntaxError: a header NumPy cannot parse
+            NotImplementedError, SyntaxError, tokenize.TokenError) as exc:  # a header NumPy cannot parse
         raise BadInput(f"cannot read npz file {path}: {exc}".splitlines()[0]) from None
 
 
