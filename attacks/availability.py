@@ -89,8 +89,10 @@ def default_trigger(size: int = 6) -> PatchTrigger:
     return PatchTrigger(size=size, position="bottom-right", pattern=torch.full((size, size), 0.5))
 
 
-def masking_trigger(height: int, width: int, fraction: float = MASK_FRACTION) -> PatchTrigger:
-    """The ``masking`` design's trigger: a centred mid-grey square of side ⌈fraction · min(H, W)⌉.
+def masking_trigger(height: int, width: int, fraction: float = MASK_FRACTION, *, side: int | None = None
+                    ) -> PatchTrigger:
+    """The ``masking`` design's trigger: a centred mid-grey square of side ⌈fraction · min(H, W)⌉
+    (or ``side`` pixels when given).
 
     Large enough to cover the discriminative pixels of a centred object (17 px on 28 px at 0.6,
     19 px at the default 0.65, 6 px on 8×8 digits), so that on triggered inputs the content can no
@@ -102,6 +104,8 @@ def masking_trigger(height: int, width: int, fraction: float = MASK_FRACTION) ->
         Image size, each at least 1.
     fraction : float, default 0.65
         Patch side over the shorter image side, in (0, 1].
+    side : int, optional
+        The patch side in pixels instead, at least 1 (checked against the image when stamped).
 
     Returns
     -------
@@ -122,7 +126,9 @@ def masking_trigger(height: int, width: int, fraction: float = MASK_FRACTION) ->
     """
     require(int(height) >= 1 and int(width) >= 1, f"image size must be positive, got {height}×{width}")
     check_in_range("mask fraction", float(fraction), 0.0, 1.0, low_open=True)
-    side = max(1, min(min(height, width), math.ceil(fraction * min(height, width) - 1e-9)))
+    if side is None:
+        side = max(1, min(min(height, width), math.ceil(fraction * min(height, width) - 1e-9)))
+    require(int(side) >= 1, f"patch side must be >= 1, got {side}")
     return PatchTrigger(size=side, position="center", pattern=torch.full((side, side), 0.5), margin=0)
 
 

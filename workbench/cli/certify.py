@@ -137,9 +137,9 @@ def availability(data: str = DataOpt,
         DESIGNS,
         MatchingOptions,
         default_trigger,
+        masking_trigger,
         run_availability,
     )
-    from attacks.triggers import PatchTrigger
 
     from ..data import load_dataset
     from ..report import write_report
@@ -163,9 +163,7 @@ def availability(data: str = DataOpt,
     if not patch:
         trigger = None  # the design's own
     elif design == "masking":
-        import torch
-
-        trigger = PatchTrigger(size=patch, position="center", margin=0, pattern=torch.full((patch, patch), 0.5))
+        trigger = masking_trigger(*ds.image_size, side=patch)
         trigger.box(*ds.image_size)  # BadInput now if it does not fit
     else:
         trigger = default_trigger(patch)
