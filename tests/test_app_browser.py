@@ -109,6 +109,9 @@ def test_a_user_uploads_data_and_a_transformers_model_and_explains_it(tmp_path):
         page.get_by_role("link", name="Saliency").first.click()
         page.get_by_role("button", name="Explain").click()
         page.get_by_role("heading", name=f"Layer {want_layer}").wait_for(timeout=300_000)
+        # the layer's heading is drawn before its images; the Metrics heading comes after every image,
+        # so the count below sees the whole grid, not the part drawn so far (CI once counted 16 of 24)
+        page.get_by_role("heading", name="Metrics").wait_for(timeout=300_000)
         assert page.locator("[data-testid='stImage'] img").count() >= 3 * 8  # 3 methods × 8 images
         assert_no_exception(page)
         screenshot(page, "upload_model_saliency")
